@@ -1,0 +1,275 @@
+//! Settings: defaults → config file → `TICKET_INGEST_<KEY>` environment →
+//! command-line flags, each layer overriding the one before.
+//!
+//! Every key is documented in `config/ticket-ingest.toml`. A value of the
+//! wrong type or out of range stops the start with a message naming the key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The file read when no `--config` is given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "config/ticket-ingest.toml";
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "TICKET_INGEST_";
+
+/// When a request is answered `202`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After the ticket's batch committed in PostgreSQL.
+    Commit,
+    /// After the ticket is in the in-memory queue (lost on a crash, not on
+    /// an orderly shutdown).
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The effective configuration of one process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address the HTTP listener binds.
+    pub listen: SocketAddr,
+    /// PostgreSQL URL; `DATABASE_URL` is used when this is unset.
+    pub database_url: Option<String>,
+    /// Connections of the shared pool (migrations, readiness checks).
+    /// Each writer has its own connection on top of these.
+    pub db_pool_size: u32,
+    /// When a request is answered: `commit` or `memory`.
+    pub ack: AckMode,
+    /// Tickets accepted but not yet committed, at most (the admission budget).
+    pub queue_capacity: usize,
+    /// Batch writer threads, each with its own database connection.
+    pub writers: usize,
+    /// A batch is flushed when it holds this many tickets…
+    pub batch_max_tickets: usize,
+    /// …or this long after its first ticket arrived.
+    pub batch_max_wait_ms: u64,
+    /// Largest accepted body, after gzip decoding.
+    pub max_body_bytes: usize,
+    /// Most request headers accepted; more is answered `431`.
+    pub max_headers: usize,
+    /// A client must send its request head within this time.
+    pub header_read_timeout_ms: u64,
+    /// A client must send its whole body within this time.
+    pub body_read_timeout_ms: u64,
+    /// Seconds a refused producer is told to wait (`Retry-After`).
+    pub retry_after_s: u32,
+    /// Apply pending migrations before serving.
+    pub migrate_on_start: bool,
+    /// `pretty` for people, `json` for log pipelines.
+    pub log_format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `ticket_ingest=debug,sqlx=warn`…
+    pub log_level: String,
+    /// How long shutdown waits for in-flight requests to finish.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9098)),
+            database_url: None,
+            db_pool_size: 4,
+            ack: AckMode::Commit,
+            queue_capacity: 20_000,
+            writers: 2,
+            batch_max_tickets: 500,
+            batch_max_wait_ms: 5,
+            max_body_bytes: 64 * 1024,
+            max_headers: 64,
+            header_read_timeout_ms: 5_000,
+            body_read_timeout_ms: 10_000,
+            retry_after_s: 1,
+            migrate_on_start: true,
+            log_format: LogFormat::Pretty,
+            log_level: "info".to_string(),
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+/// Every key, as spelled in the file; the environment is filtered to these
+/// so that unrelated `TICKET_INGEST_*` variables are not mistaken for typos.
+pub const KEYS: [&str; 17] = [
+    "listen",
+    "database_url",
+    "db_pool_size",
+    "ack",
+    "queue_capacity",
+    "writers",
+    "batch_max_tickets",
+    "batch_max_wait_ms",
+    "max_body_bytes",
+    "max_headers",
+    "header_read_timeout_ms",
+    "body_read_timeout_ms",
+    "retry_after_s",
+    "migrate_on_start",
+    "log_format",
+    "log_level",
+    "shutdown_grace_ms",
+];
+
+/// A configuration that cannot be used, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(String),
+    #[error("{0}")]
+    Invalid(Box<figment::Error>),
+    #[error("invalid value for key `{key}`: {reason}")]
+    OutOfRange { key: &'static str, reason: String },
+}
+
+impl Settings {
+    /// Layers the sources. `file` is `--config`; `overrides` are the flags,
+    /// as a partial map of keys (absent keys are left alone).
+    pub fn load(file: Option<&Path>, overrides: impl figment::Provider) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match file {
+            Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.display().to_string())),
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE))
+            }
+            None => {}
+        }
+        if std::env::var_os(format!("{ENV_PREFIX}DATABASE_URL")).is_none() {
+            figment = figment.merge(Env::raw().only(&["DATABASE_URL"]));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).only(&KEYS)).merge(overrides);
+        let settings: Settings = figment.extract().map_err(|error| ConfigError::Invalid(Box::new(error)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        at_least("db_pool_size", self.db_pool_size as u64, 1)?;
+        at_least("queue_capacity", self.queue_capacity as u64, 1)?;
+        at_least("writers", self.writers as u64, 1)?;
+        at_most("writers", self.writers as u64, 64)?;
+        at_least("batch_max_tickets", self.batch_max_tickets as u64, 1)?;
+        at_most("batch_max_wait_ms", self.batch_max_wait_ms, 60_000)?;
+        at_least("max_body_bytes", self.max_body_bytes as u64, 1)?;
+        at_most("max_body_bytes", self.max_body_bytes as u64, 64 * 1024 * 1024)?;
+        at_least("max_headers", self.max_headers as u64, 8)?;
+        at_least("header_read_timeout_ms", self.header_read_timeout_ms, 1)?;
+        at_least("body_read_timeout_ms", self.body_read_timeout_ms, 1)?;
+        at_least("retry_after_s", self.retry_after_s as u64, 1)?;
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            return Err(ConfigError::OutOfRange { key: "log_level", reason: error.to_string() });
+        }
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                let reason = "must start with postgres:// or postgresql://".to_string();
+                return Err(ConfigError::OutOfRange { key: "database_url", reason });
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL, or an error saying how to give one.
+    pub fn require_database_url(&self) -> anyhow::Result<&str> {
+        self.database_url.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("no database configured: set `database_url` in the config file, TICKET_INGEST_DATABASE_URL or DATABASE_URL")
+        })
+    }
+
+    pub fn batch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_max_wait_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}
+
+fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::OutOfRange { key, reason: format!("{value} is below the minimum {min}") });
+    }
+    Ok(())
+}
+
+fn at_most(key: &'static str, value: u64, max: u64) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::OutOfRange { key, reason: format!("{value} is above the maximum {max}") });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_overrides() -> Serialized<serde_json::Value> {
+        Serialized::defaults(serde_json::json!({}))
+    }
+
+    #[test]
+    fn the_shipped_config_file_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
+        let from_file: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::file_exact(&path))
+            .extract()
+            .expect("shipped config parses");
+        assert_eq!(from_file, Settings::default());
+    }
+
+    #[test]
+    fn every_key_is_documented_in_the_shipped_config_file() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
+        let text = std::fs::read_to_string(path).expect("shipped config readable");
+        for key in KEYS {
+            assert!(text.contains(&format!("\n{key} =")) || text.contains(&format!("\n# {key} =")), "{key} missing");
+        }
+    }
+
+    #[test]
+    fn an_out_of_range_value_names_its_key() {
+        let overrides = Serialized::defaults(serde_json::json!({ "writers": 0 }));
+        let error = Settings::load(Some(Path::new("/dev/null")), overrides).unwrap_err();
+        assert!(error.to_string().contains("`writers`"), "{error}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key() {
+        let overrides = Serialized::defaults(serde_json::json!({ "batch_max_tickets": "many" }));
+        let error = Settings::load(Some(Path::new("/dev/null")), overrides).unwrap_err();
+        assert!(error.to_string().contains("batch_max_tickets"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_ack_mode_is_refused() {
+        let overrides = Serialized::defaults(serde_json::json!({ "ack": "eventually" }));
+        let error = Settings::load(Some(Path::new("/dev/null")), overrides).unwrap_err();
+        assert!(error.to_string().contains("ack"), "{error}");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let error = Settings::load(Some(Path::new("/nonexistent/ticket-ingest.toml")), no_overrides()).unwrap_err();
+        assert!(matches!(error, ConfigError::MissingFile(_)));
+    }
+}

@@ -1,0 +1,401 @@
+//! The HTTP front end: routes, request limits, and the mapping of every
+//! refusal to a status code.
+//!
+//! `POST /ticket` takes an admission permit *before* reading the body, reads
+//! at most `max_body_bytes` (after gzip decoding) within
+//! `body_read_timeout_ms`, parses the ticket, queues it for the writers and
+//! answers `202` once the ack condition holds. Whatever is refused is
+//! refused loudly, with a JSON error and, for `503`, a `Retry-After`.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Sender, TrySendError};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::admission::{Admission, Refusal};
+use crate::config::{AckMode, Settings};
+use crate::metrics::{self, KindLabels, Metrics, StatusLabels};
+use crate::store::NewTicket;
+use crate::ticket::{ParsedTicket, Problem, Status};
+use crate::writer::Job;
+
+/// gzip adds a few bytes to incompressible data: leave room for them on the
+/// encoded body, the decoded one is held to `max_body_bytes` exactly.
+const GZIP_SLACK: usize = 1024;
+/// Longest accepted `Idempotency-Key` / `webhook-id`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// Idempotency keys remembered for answering repeats with the first id.
+const RECENT_KEYS: usize = 65_536;
+/// How long `/readyz` waits for the database.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub type HttpResponse = Response<Full<Bytes>>;
+
+/// Everything a request handler needs, shared by all connections.
+pub struct AppState {
+    pub settings: Settings,
+    pub admission: Arc<Admission>,
+    pub queue: Sender<Job>,
+    pub metrics: Arc<Metrics>,
+    /// For readiness checks.
+    pub pool: PgPool,
+    pub recent_keys: RecentKeys,
+}
+
+/// Why a `POST /ticket` was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refused {
+    EmptyBody,
+    TooLarge,
+    BodyTimeout,
+    BadBody(String),
+    UnsupportedEncoding,
+    BadIdempotencyKey(&'static str),
+    BudgetExhausted,
+    ShuttingDown,
+}
+
+impl Refused {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refused::EmptyBody | Refused::BadBody(_) | Refused::BadIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            Refused::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refused::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refused::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refused::BudgetExhausted | Refused::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn message(&self, settings: &Settings) -> String {
+        match self {
+            Refused::EmptyBody => "empty body: send one ticket per request".to_string(),
+            Refused::TooLarge => format!("body larger than {} bytes (after gzip decoding)", settings.max_body_bytes),
+            Refused::BodyTimeout => format!("body not received within {} ms", settings.body_read_timeout_ms),
+            Refused::BadBody(reason) => reason.clone(),
+            Refused::UnsupportedEncoding => "Content-Encoding must be gzip or identity".to_string(),
+            Refused::BadIdempotencyKey(reason) => format!("invalid idempotency key: {reason}"),
+            Refused::BudgetExhausted => "too many tickets in flight, retry later".to_string(),
+            Refused::ShuttingDown => "shutting down, retry later".to_string(),
+        }
+    }
+}
+
+/// The `202` body.
+#[derive(Serialize)]
+struct Accepted<'a> {
+    id: Uuid,
+    status: Status,
+    problems: &'a [Problem],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
+}
+
+/// Routes one request and records it in the metrics.
+pub async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let (route, response) = match request.uri().path() {
+        "/ticket" if method == Method::POST => ("/ticket", ingest(&state, request).await),
+        "/ticket" => ("/ticket", method_not_allowed("POST")),
+        "/ping" if is_get(&method) => ("/ping", text(StatusCode::OK, "Pong")),
+        "/healthz" if is_get(&method) => ("/healthz", text(StatusCode::OK, "ok")),
+        "/readyz" if is_get(&method) => ("/readyz", readiness(&state).await),
+        "/metrics" if is_get(&method) => ("/metrics", metrics_page(&state)),
+        "/ping" | "/healthz" | "/readyz" | "/metrics" => ("other", method_not_allowed("GET, HEAD")),
+        _ => ("other", json_error(StatusCode::NOT_FOUND, "no such route")),
+    };
+    state.metrics.record_request(route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    Ok(response)
+}
+
+fn is_get(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+async fn ingest(state: &AppState, request: Request<Incoming>) -> HttpResponse {
+    match accept(state, request).await {
+        Ok(response) => response,
+        Err(refused) => refusal(state, &refused),
+    }
+}
+
+/// The happy path of `POST /ticket`, from permit to `202`.
+async fn accept(state: &AppState, request: Request<Incoming>) -> Result<HttpResponse, Refused> {
+    let permit = state.admission.try_acquire().map_err(|refusal| match refusal {
+        Refusal::Exhausted => Refused::BudgetExhausted,
+        Refusal::Closed => Refused::ShuttingDown,
+    })?;
+    let (parts, body) = request.into_parts();
+    let idempotency_key = idempotency_key(&parts.headers)?;
+    let raw = read_body(&state.settings, &parts.headers, body).await?;
+    if raw.is_empty() {
+        return Err(Refused::EmptyBody);
+    }
+    let parsed = ParsedTicket::parse(&raw);
+    let id = Uuid::now_v7();
+
+    if let Some(key) = &idempotency_key {
+        if let Some((first_id, first_status)) = state.recent_keys.claim(key, id, parsed.status) {
+            state.metrics.duplicates.inc();
+            return Ok(accepted(&Accepted { id: first_id, status: first_status, problems: &[], duplicate: true }));
+        }
+    }
+
+    let body =
+        serde_json::to_vec(&Accepted { id, status: parsed.status, problems: &parsed.problems, duplicate: false })
+            .map_err(|error| Refused::BadBody(error.to_string()))?;
+    let status = parsed.status;
+    let (reply, committed) = match state.settings.ack {
+        AckMode::Commit => {
+            let (sender, receiver) = oneshot::channel();
+            (Some(sender), Some(receiver))
+        }
+        AckMode::Memory => (None, None),
+    };
+    let ticket = NewTicket { id, received_at: OffsetDateTime::now_utc(), idempotency_key, raw, parsed };
+    if let Err(error) = state.queue.try_send(Job { ticket, permit, reply }) {
+        let job = match error {
+            TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
+        };
+        if let Some(key) = &job.ticket.idempotency_key {
+            state.recent_keys.forget(key);
+        }
+        return Err(Refused::ShuttingDown);
+    }
+    if let Some(committed) = committed {
+        // The writers answer every ticket they take; a closed channel
+        // means the process is going down before the commit.
+        committed.await.map_err(|_| Refused::ShuttingDown)?;
+    }
+    state.metrics.tickets_accepted.get_or_create(&StatusLabels { status: status.as_str() }).inc();
+    Ok(json(StatusCode::ACCEPTED, Bytes::from(body)))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refused> {
+    let Some(value) = headers.get("idempotency-key").or_else(|| headers.get("webhook-id")) else {
+        return Ok(None);
+    };
+    let key = value.to_str().map_err(|_| Refused::BadIdempotencyKey("not printable ASCII"))?.trim();
+    if key.is_empty() {
+        return Err(Refused::BadIdempotencyKey("empty"));
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(Refused::BadIdempotencyKey("longer than 255 bytes"));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// Reads the whole body within the time and size limits, gunzipping it
+/// when `Content-Encoding: gzip` says so.
+async fn read_body(settings: &Settings, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Refused> {
+    let gzip = match headers.get(CONTENT_ENCODING).map(|value| value.as_bytes().trim_ascii()) {
+        None => false,
+        Some(encoding) if encoding.eq_ignore_ascii_case(b"identity") => false,
+        Some(encoding) if encoding.eq_ignore_ascii_case(b"gzip") || encoding.eq_ignore_ascii_case(b"x-gzip") => true,
+        Some(_) => return Err(Refused::UnsupportedEncoding),
+    };
+    let limit = if gzip { settings.max_body_bytes + GZIP_SLACK } else { settings.max_body_bytes };
+    let declared = headers.get(CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(Refused::TooLarge);
+    }
+    let collected = tokio::time::timeout(settings.body_read_timeout(), Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| Refused::BodyTimeout)?
+        .map_err(|error| {
+            if error.downcast_ref::<LengthLimitError>().is_some() {
+                Refused::TooLarge
+            } else {
+                Refused::BadBody(format!("body could not be read: {error}"))
+            }
+        })?;
+    let bytes = collected.to_bytes();
+    if gzip {
+        return gunzip(&bytes, settings.max_body_bytes);
+    }
+    Ok(bytes)
+}
+
+/// Inflates at most `max + 1` bytes, so a gzip bomb is refused, not inflated.
+fn gunzip(encoded: &[u8], max: usize) -> Result<Bytes, Refused> {
+    let mut decoded = Vec::with_capacity(encoded.len().saturating_mul(4).min(max + 1));
+    let mut reader = flate2::read::MultiGzDecoder::new(encoded).take(max as u64 + 1);
+    reader.read_to_end(&mut decoded).map_err(|error| Refused::BadBody(format!("invalid gzip body: {error}")))?;
+    if decoded.len() > max {
+        return Err(Refused::TooLarge);
+    }
+    Ok(Bytes::from(decoded))
+}
+
+fn refusal(state: &AppState, refused: &Refused) -> HttpResponse {
+    let status = refused.status();
+    let mut response = json_error(status, &refused.message(&state.settings));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        let kind = if *refused == Refused::BudgetExhausted { "budget" } else { "shutdown" };
+        state.metrics.refused.get_or_create(&KindLabels { kind }).inc();
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(state.settings.retry_after_s));
+    }
+    response
+}
+
+/// Ready when the database answers and the budget has room.
+async fn readiness(state: &AppState) -> HttpResponse {
+    if state.admission.is_closed() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
+    if state.admission.is_exhausted() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "admission budget exhausted");
+    }
+    let probe = sqlx::query("SELECT 1").execute(&state.pool);
+    match tokio::time::timeout(READY_TIMEOUT, probe).await {
+        Ok(Ok(_)) => text(StatusCode::OK, "ready"),
+        Ok(Err(error)) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("database unreachable: {error}")),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "database did not answer within 1 s"),
+    }
+}
+
+fn metrics_page(state: &AppState) -> HttpResponse {
+    let metrics = &state.metrics;
+    metrics.in_flight.set(state.admission.in_flight() as i64);
+    metrics.in_flight_capacity.set(state.admission.capacity() as i64);
+    metrics.queue_depth.set(state.queue.len() as i64);
+    let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
+    response
+}
+
+fn accepted(body: &Accepted<'_>) -> HttpResponse {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => json(StatusCode::ACCEPTED, Bytes::from(bytes)),
+        Err(error) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    }
+}
+
+fn json(status: StatusCode, body: Bytes) -> HttpResponse {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn json_error(status: StatusCode, message: &str) -> HttpResponse {
+    let body = serde_json::json!({ "error": message }).to_string();
+    json(status, Bytes::from(body))
+}
+
+fn text(status: StatusCode, body: &str) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    let mut response = json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// Idempotency keys seen recently, with the id and status first given to
+/// them, so that a repeat gets the same answer. Bounded: the oldest keys
+/// are forgotten first. Older repeats are still stored only once (the
+/// `idempotency_key` column is unique); they just get a fresh id in their
+/// answer.
+pub struct RecentKeys {
+    inner: Mutex<RecentInner>,
+}
+
+#[derive(Default)]
+struct RecentInner {
+    answers: HashMap<String, (Uuid, Status)>,
+    order: VecDeque<String>,
+}
+
+impl RecentKeys {
+    pub fn new() -> RecentKeys {
+        RecentKeys { inner: Mutex::new(RecentInner::default()) }
+    }
+
+    /// The first answer for `key`, or `None` after recording this one.
+    fn claim(&self, key: &str, id: Uuid, status: Status) -> Option<(Uuid, Status)> {
+        let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(first) = inner.answers.get(key) {
+            return Some(*first);
+        }
+        if inner.order.len() >= RECENT_KEYS {
+            if let Some(oldest) = inner.order.pop_front() {
+                inner.answers.remove(&oldest);
+            }
+        }
+        inner.answers.insert(key.to_string(), (id, status));
+        inner.order.push_back(key.to_string());
+        None
+    }
+
+    /// Drops a key whose ticket was not accepted after all.
+    fn forget(&self, key: &str) {
+        let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        inner.answers.remove(key);
+        inner.order.retain(|queued| queued != key);
+    }
+}
+
+impl Default for RecentKeys {
+    fn default() -> Self {
+        RecentKeys::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::write::GzEncoder;
+    use flate2::Compression;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+        encoder.write_all(data).expect("in-memory write");
+        encoder.finish().expect("in-memory finish")
+    }
+
+    #[test]
+    fn gunzip_returns_the_exact_bytes() {
+        let body = b"Order: 1\n\nproduct,product_id,price\nA,a,1\n";
+        assert_eq!(gunzip(&gzip(body), 1024).expect("valid gzip"), Bytes::from_static(body));
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_without_inflating_it_all() {
+        let bomb = gzip(&vec![b'a'; 10 * 1024 * 1024]);
+        assert_eq!(gunzip(&bomb, 64 * 1024).unwrap_err(), Refused::TooLarge);
+    }
+
+    #[test]
+    fn garbage_announced_as_gzip_is_a_bad_request() {
+        assert!(matches!(gunzip(b"not gzip at all", 1024).unwrap_err(), Refused::BadBody(_)));
+    }
+
+    #[test]
+    fn a_repeated_key_gets_the_first_answer_until_forgotten() {
+        let keys = RecentKeys::new();
+        let first = Uuid::now_v7();
+        assert_eq!(keys.claim("k", first, Status::Ok), None);
+        assert_eq!(keys.claim("k", Uuid::now_v7(), Status::Partial), Some((first, Status::Ok)));
+        keys.forget("k");
+        assert_eq!(keys.claim("k", first, Status::Ok), None);
+    }
+}

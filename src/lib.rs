@@ -1,0 +1,22 @@
+//! ticket-ingest: cash-register tickets from a webhook into PostgreSQL.
+//!
+//! # Layout
+//! - [`config`]    settings: defaults → file → `TICKET_INGEST_*` env → flags
+//! - [`telemetry`] tracing subscriber (pretty | json)
+//! - [`startup`]   `Application::build` / `run_until_stopped`; shutdown order
+//! - [`http`]      hyper routes, limits, refusals → status codes
+//! - [`ticket`]    `ParsedTicket::parse`: raw body → status, fields, lines, problems
+//! - [`admission`] in-flight budget: a permit per ticket until it is committed
+//! - [`writer`]    batch writer threads: collect → flush (retry / bisect) → report
+//! - [`store`]     SQL: one statement per table per batch, migrations
+//! - [`metrics`]   Prometheus metrics, OpenMetrics text
+
+pub mod admission;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod ticket;
+pub mod writer;

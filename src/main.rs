@@ -1,0 +1,151 @@
+//! `ticket-ingest [serve | migrate | check-config]`: see `--help`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use figment::providers::Serialized;
+use serde::Serialize;
+use ticket_ingest::config::Settings;
+use ticket_ingest::startup::Application;
+use ticket_ingest::{store, telemetry};
+
+#[derive(Parser)]
+#[command(version, about = "Cash-register tickets from a webhook into PostgreSQL")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file [default: config/ticket-ingest.toml when it exists].
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum Command {
+    /// Run the webhook service (the default).
+    Serve,
+    /// Apply pending database migrations, then exit.
+    Migrate,
+    /// Print the effective configuration, or name the key that is wrong.
+    CheckConfig,
+}
+
+/// Flags override every other source; each is named after its config key.
+#[derive(Args, Serialize)]
+struct Overrides {
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<String>,
+    /// commit | memory
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ack: Option<String>,
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_capacity: Option<usize>,
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    writers: Option<usize>,
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_max_tickets: Option<usize>,
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_max_wait_ms: Option<u64>,
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_body_bytes: Option<usize>,
+    /// pretty | json
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<String>,
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_level: Option<String>,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load(cli.config.as_deref(), Serialized::defaults(&cli.overrides)) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("ticket-ingest: configuration error: {error}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(cli.command.unwrap_or(Command::Serve), settings) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ticket-ingest: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    if let Command::CheckConfig = command {
+        print!("{}", toml_of(&settings)?);
+        return Ok(());
+    }
+    telemetry::init(settings.log_format, &settings.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match command {
+            Command::Migrate => migrate(&settings).await,
+            _ => Application::build(settings).await?.run_until_stopped(shutdown_signal()).await,
+        }
+    })
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let pool = sqlx::PgPool::connect(settings.require_database_url()?).await.context("connecting to PostgreSQL")?;
+    store::migrate(&pool).await.context("applying migrations")?;
+    tracing::info!(message = "migrations applied");
+    Ok(())
+}
+
+fn toml_of(settings: &Settings) -> anyhow::Result<String> {
+    let mut shown = settings.clone();
+    if let Some(url) = &shown.database_url {
+        shown.database_url = Some(hide_password(url));
+    }
+    Ok(toml::to_string(&shown)?)
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn hide_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((credentials, host)) = rest.split_once('@') else { return url.to_string() };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(message = "cannot listen for SIGTERM", %error);
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,156 @@
+//! Prometheus metrics, all in one struct that registers itself.
+//!
+//! Served at `GET /metrics` as OpenMetrics text; every name carries the
+//! `ticket_ingest_` prefix (counters also get the `_total` suffix).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// A fixed route name (`/ticket`, …, `other`), never the raw path.
+    pub route: &'static str,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: HistogramFamily<RouteLabels>,
+    pub tickets_accepted: Family<StatusLabels, Counter>,
+    pub duplicates: Counter,
+    pub refused: Family<KindLabels, Counter>,
+    pub in_flight: Gauge,
+    pub in_flight_capacity: Gauge,
+    pub queue_depth: Gauge,
+    pub batch_size: Histogram,
+    pub flush_duration: Histogram,
+    pub tickets_written: Counter,
+    pub lines_written: Counter,
+    pub products_written: Counter,
+    pub db_errors: Family<KindLabels, Counter>,
+    pub retries: Counter,
+    pub poison_tickets: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~6.5 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("ticket_ingest");
+        let metrics = Metrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            tickets_accepted: Family::default(),
+            duplicates: Counter::default(),
+            refused: Family::default(),
+            in_flight: Gauge::default(),
+            in_flight_capacity: Gauge::default(),
+            queue_depth: Gauge::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            flush_duration: latency_histogram(),
+            tickets_written: Counter::default(),
+            lines_written: Counter::default(),
+            products_written: Counter::default(),
+            db_errors: Family::default(),
+            retries: Counter::default(),
+            poison_tickets: Counter::default(),
+            registry: Registry::default(),
+        };
+        metrics.register(&mut registry);
+        Metrics { registry, ..metrics }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register("requests", "HTTP requests by route and status code", self.requests.clone());
+        registry.register_with_unit(
+            "request_duration",
+            "Time from request head to response, by route",
+            Unit::Seconds,
+            self.request_duration.clone(),
+        );
+        registry.register("tickets_accepted", "Tickets answered 202, by parse status", self.tickets_accepted.clone());
+        registry.register(
+            "duplicates",
+            "Requests answered 202 for an idempotency key already seen",
+            self.duplicates.clone(),
+        );
+        registry.register("refused", "Tickets refused with 503, by reason", self.refused.clone());
+        registry.register(
+            "in_flight",
+            "Admission budget in use: tickets accepted, not yet committed",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "in_flight_capacity",
+            "Admission budget size (queue_capacity)",
+            self.in_flight_capacity.clone(),
+        );
+        registry.register("queue_depth", "Tickets waiting in the queue for a writer", self.queue_depth.clone());
+        registry.register("batch_size", "Tickets per flushed batch", self.batch_size.clone());
+        registry.register_with_unit(
+            "flush_duration",
+            "Time to write and commit one batch, retries included",
+            Unit::Seconds,
+            self.flush_duration.clone(),
+        );
+        registry.register("tickets_written", "Ticket rows committed", self.tickets_written.clone());
+        registry.register("lines_written", "Ticket line rows committed", self.lines_written.clone());
+        registry.register("products_written", "Product rows inserted or updated", self.products_written.clone());
+        registry.register("db_errors", "Database errors, by kind (transient or data)", self.db_errors.clone());
+        registry.register("retries", "Batch flushes retried after a transient error", self.retries.clone());
+        registry.register(
+            "poison_tickets",
+            "Tickets the database refused, stored as invalid",
+            self.poison_tickets.clone(),
+        );
+    }
+
+    pub fn record_request(&self, route: &'static str, code: u16, seconds: f64) {
+        self.requests.get_or_create(&RequestLabels { route, code }).inc();
+        self.request_duration.get_or_create(&RouteLabels { route }).observe(seconds);
+    }
+
+    /// OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(message = "metrics encoding failed", %error);
+        }
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,116 @@
+//! Wiring: [`Application::build`] connects, migrates, starts the writers and
+//! binds the listener; [`Application::run_until_stopped`] serves until the
+//! shutdown future fires, then stops in this order:
+//!
+//! 1. stop accepting connections and close the admission budget (requests
+//!    still arriving on open connections get `503` + `Retry-After`);
+//! 2. let in-flight requests finish, for at most `shutdown_grace_ms`;
+//! 3. the writers drain the queue and flush every accepted ticket;
+//! 4. return, and the process exits 0.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+
+use crate::admission::Admission;
+use crate::config::Settings;
+use crate::http::{self, AppState, RecentKeys};
+use crate::metrics::Metrics;
+use crate::store;
+use crate::writer::Writers;
+
+/// A built service: connected, migrated, writers running, listener bound.
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    writers: Writers,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let database_url = settings.require_database_url()?.to_string();
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.db_pool_size)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&database_url)
+            .await
+            .context("connecting to PostgreSQL (database_url)")?;
+        if settings.migrate_on_start {
+            store::migrate(&pool).await.context("applying migrations")?;
+        }
+        let metrics = Arc::new(Metrics::new());
+        let admission = Admission::new(settings.queue_capacity);
+        // The queue holds at most what the budget admits, so a permitted
+        // ticket always finds room in it.
+        let (queue, receiver) = crossbeam_channel::bounded(settings.queue_capacity);
+        let writers = Writers::spawn(&settings, &database_url, receiver, Arc::clone(&admission), Arc::clone(&metrics))
+            .context("starting writer threads")?;
+        let listener =
+            TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
+        let recent_keys = RecentKeys::new();
+        let state = Arc::new(AppState { settings, admission, queue, metrics, pool, recent_keys });
+        Ok(Application { listener, state, writers })
+    }
+
+    /// The port actually bound (useful with `listen = "127.0.0.1:0"`).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|address| address.port()).unwrap_or(0)
+    }
+
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Application { listener, state, writers } = self;
+        tracing::info!(message = "listening", address = %listener.local_addr()?, ack = ?state.settings.ack, writers = state.settings.writers);
+        let connections = GracefulShutdown::new();
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(state.settings.header_read_timeout())
+            .max_headers(state.settings.max_headers)
+            .keep_alive(true);
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, _peer) = match accepted {
+                        Ok(connection) => connection,
+                        Err(error) => {
+                            // Out of file descriptors and the like: back off, keep serving.
+                            tracing::warn!(message = "accept failed", %error);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let state = Arc::clone(&state);
+                    let service = service_fn(move |request| http::route(Arc::clone(&state), request));
+                    let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(message = "connection ended with an error", %error);
+                        }
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+
+        tracing::info!(message = "shutting down: no new tickets accepted", in_flight = state.admission.in_flight());
+        drop(listener);
+        state.admission.close();
+        if tokio::time::timeout(state.settings.shutdown_grace(), connections.shutdown()).await.is_err() {
+            tracing::warn!(message = "grace period over, open connections are dropped");
+        }
+        tracing::info!(message = "draining the queue", in_flight = state.admission.in_flight());
+        tokio::task::spawn_blocking(move || writers.join()).await.context("joining writers")?;
+        tracing::info!(message = "stopped, every accepted ticket is committed");
+        Ok(())
+    }
+}

@@ -1,0 +1,299 @@
+//! Batch writers: OS threads that move tickets from the queue into
+//! PostgreSQL.
+//!
+//! Each writer owns one database connection and a small single-threaded
+//! tokio runtime, and repeats one step: **collect** a batch (block for the
+//! first ticket, then take more until `batch_max_tickets` or
+//! `batch_max_wait_ms` after the first), **flush** it in one transaction
+//! ([`store::write_batch`]), **report** (answer the `ack = commit` requests,
+//! give the admission permits back).
+//!
+//! A flush never gives up on a ticket:
+//! - a transient error (connection lost, I/O, serialization failure,
+//!   deadlock, server shutting down, anything not caused by the data)
+//!   retries the same batch with capped exponential backoff and jitter. The
+//!   permits stay held, so a long outage turns into `503`s at the front door;
+//! - a data error (SQLSTATE class 22 or 23) splits the batch in halves until
+//!   the ticket at fault is alone; that ticket is stored as `invalid` with
+//!   its raw body and the database's message.
+//!
+//! At shutdown the writers keep going until the admission budget is closed
+//! and every permit was given back, i.e. every accepted ticket is committed.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use sqlx::{Connection, PgConnection};
+use tokio::sync::oneshot;
+
+use crate::admission::{Admission, Permit};
+use crate::config::Settings;
+use crate::metrics::{KindLabels, Metrics};
+use crate::store::{self, NewTicket, Written};
+use crate::ticket::{Problem, Status};
+
+/// How often an idle writer checks whether the service is shutting down.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// One accepted ticket on its way to the database.
+#[derive(Debug)]
+pub struct Job {
+    pub ticket: NewTicket,
+    /// Given back (dropped) once the ticket is committed.
+    pub permit: Permit,
+    /// Answered after commit when `ack = commit`.
+    pub reply: Option<oneshot::Sender<()>>,
+}
+
+/// The running writer threads.
+#[derive(Debug)]
+pub struct Writers {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Writers {
+    pub fn spawn(
+        settings: &Settings,
+        database_url: &str,
+        queue: Receiver<Job>,
+        admission: Arc<Admission>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Writers> {
+        let mut handles = Vec::with_capacity(settings.writers);
+        for number in 0..settings.writers {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let writer = Writer {
+                number,
+                queue: queue.clone(),
+                admission: Arc::clone(&admission),
+                metrics: Arc::clone(&metrics),
+                database_url: database_url.to_string(),
+                batch_max_tickets: settings.batch_max_tickets,
+                batch_max_wait: settings.batch_max_wait(),
+                connection: None,
+                runtime,
+            };
+            let handle = std::thread::Builder::new().name(format!("writer-{number}")).spawn(move || writer.run())?;
+            handles.push(handle);
+        }
+        Ok(Writers { handles })
+    }
+
+    /// Blocks until every writer has drained the queue and stopped.
+    pub fn join(self) {
+        for handle in self.handles {
+            if handle.join().is_err() {
+                tracing::error!(message = "a writer thread panicked");
+            }
+        }
+    }
+}
+
+struct Writer {
+    number: usize,
+    queue: Receiver<Job>,
+    admission: Arc<Admission>,
+    metrics: Arc<Metrics>,
+    database_url: String,
+    batch_max_tickets: usize,
+    batch_max_wait: Duration,
+    connection: Option<PgConnection>,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// Why a write did not commit.
+enum WriteError {
+    /// Worth retrying as is: the data is not at fault.
+    Transient(sqlx::Error),
+    /// The database refused the data.
+    Data(sqlx::Error),
+}
+
+impl Writer {
+    fn run(mut self) {
+        tracing::debug!(message = "writer started", writer = self.number);
+        while let Some(batch) = self.collect_batch() {
+            self.flush(&batch);
+            report(batch);
+        }
+        tracing::debug!(message = "writer stopped", writer = self.number);
+    }
+
+    /// Blocks for a first ticket, then gathers more until the batch is full
+    /// or its deadline passed. `None` once the service is drained.
+    fn collect_batch(&self) -> Option<Vec<Job>> {
+        let first = loop {
+            match self.queue.recv_timeout(IDLE_POLL) {
+                Ok(job) => break job,
+                Err(RecvTimeoutError::Timeout) if self.admission.is_drained() => return None,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return None,
+            }
+        };
+        let deadline = Instant::now() + self.batch_max_wait;
+        let mut batch = Vec::with_capacity(self.batch_max_tickets);
+        batch.push(first);
+        while batch.len() < self.batch_max_tickets {
+            match self.queue.recv_deadline(deadline) {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        Some(batch)
+    }
+
+    fn flush(&mut self, batch: &[Job]) {
+        let started = Instant::now();
+        let tickets: Vec<&NewTicket> = batch.iter().map(|job| &job.ticket).collect();
+        self.write_until_stored(&tickets);
+        self.metrics.batch_size.observe(batch.len() as f64);
+        self.metrics.flush_duration.observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Writes `tickets`, retrying transient errors and bisecting data errors.
+    fn write_until_stored(&mut self, tickets: &[&NewTicket]) {
+        let mut attempt: u32 = 0;
+        loop {
+            match self.try_write(tickets) {
+                Ok(written) => return self.count_written(written),
+                Err(WriteError::Transient(error)) => {
+                    attempt = attempt.saturating_add(1);
+                    self.wait_before_retry(attempt, &error);
+                }
+                Err(WriteError::Data(error)) => {
+                    self.metrics.db_errors.get_or_create(&KindLabels { kind: "data" }).inc();
+                    return self.bisect(tickets, &error);
+                }
+            }
+        }
+    }
+
+    fn bisect(&mut self, tickets: &[&NewTicket], error: &sqlx::Error) {
+        if let [poison] = tickets {
+            return self.store_poison(poison, error);
+        }
+        let (left, right) = tickets.split_at(tickets.len() / 2);
+        tracing::warn!(message = "batch refused for its data, splitting it", writer = self.number, tickets = tickets.len(), %error);
+        self.write_until_stored(left);
+        self.write_until_stored(right);
+    }
+
+    /// Stores a ticket the database refused as `invalid`, with its raw body
+    /// and the database's message, and without lines.
+    fn store_poison(&mut self, ticket: &NewTicket, cause: &sqlx::Error) {
+        self.metrics.poison_tickets.inc();
+        tracing::warn!(message = "ticket refused by the database, stored as invalid", id = %ticket.id, error = %cause);
+        let mut poison = ticket.clone();
+        poison.parsed.status = Status::Invalid;
+        poison.parsed.lines.clear();
+        poison.parsed.problems.push(Problem {
+            line: 0,
+            code: "database_rejected",
+            message: format!("PostgreSQL refused the ticket: {cause}"),
+        });
+        let mut attempt: u32 = 0;
+        loop {
+            match self.try_write(&[&poison]) {
+                Ok(written) => return self.count_written(written),
+                Err(WriteError::Transient(error)) => {
+                    attempt = attempt.saturating_add(1);
+                    self.wait_before_retry(attempt, &error);
+                }
+                Err(WriteError::Data(error)) => {
+                    // Only the raw body and fixed columns are left: this is
+                    // a schema problem, not the ticket's. Keep it loud.
+                    self.metrics.db_errors.get_or_create(&KindLabels { kind: "unstorable" }).inc();
+                    tracing::error!(message = "ticket could not be stored even as invalid", id = %ticket.id, %error);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn try_write(&mut self, tickets: &[&NewTicket]) -> Result<Written, WriteError> {
+        let runtime = &self.runtime;
+        let connection = &mut self.connection;
+        let database_url = &self.database_url;
+        runtime.block_on(async {
+            let mut open = match connection.take() {
+                Some(open) => open,
+                None => PgConnection::connect(database_url).await.map_err(WriteError::Transient)?,
+            };
+            let result = store::write_batch(&mut open, tickets).await.map_err(classify);
+            *connection = Some(open);
+            result
+        })
+    }
+
+    fn wait_before_retry(&mut self, attempt: u32, error: &sqlx::Error) {
+        self.metrics.retries.inc();
+        self.metrics.db_errors.get_or_create(&KindLabels { kind: "transient" }).inc();
+        // The connection may be broken or mid-transaction: start afresh.
+        self.connection = None;
+        let delay = backoff(attempt);
+        tracing::warn!(message = "database write failed, retrying", writer = self.number, attempt, delay_ms = delay.as_millis() as u64, %error);
+        std::thread::sleep(delay);
+    }
+
+    fn count_written(&self, written: Written) {
+        self.metrics.tickets_written.inc_by(written.tickets);
+        self.metrics.lines_written.inc_by(written.lines);
+        self.metrics.products_written.inc_by(written.products);
+    }
+}
+
+/// Answers the `ack = commit` requests; dropping the jobs gives their
+/// permits back.
+fn report(batch: Vec<Job>) {
+    for job in batch {
+        if let Some(reply) = job.reply {
+            // The client may have gone away; its ticket is stored all the same.
+            let _ = reply.send(());
+        }
+    }
+}
+
+/// Only data errors (classes 22 and 23) are the batch's fault; everything
+/// else — I/O, connection, serialization, deadlock, shutdown, resources, a
+/// dropped table — is retried, because dropping tickets is never an option.
+fn classify(error: sqlx::Error) -> WriteError {
+    let is_data = match &error {
+        sqlx::Error::Database(database) => {
+            database.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+        }
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    };
+    if is_data {
+        WriteError::Data(error)
+    } else {
+        WriteError::Transient(error)
+    }
+}
+
+/// 50 ms doubling up to 5 s, with up to 50 % random jitter so that writers
+/// do not retry in lockstep.
+fn backoff(attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(16);
+    let base = BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_MAX);
+    let jitter_fraction = (RandomState::new().hash_one(attempt) % 500) as u32;
+    base + base * jitter_fraction / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_stays_capped() {
+        assert!(backoff(1) >= BACKOFF_FIRST && backoff(1) < BACKOFF_FIRST * 2);
+        assert!(backoff(3) >= BACKOFF_FIRST * 4);
+        assert!(backoff(40) >= BACKOFF_MAX && backoff(40) <= BACKOFF_MAX * 3 / 2);
+    }
+}
