@@ -5,7 +5,7 @@
 //! wrong type or out of range stops the start with a message naming the key.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -22,6 +22,8 @@ pub const ENV_PREFIX: &str = "TICKET_INGEST_";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AckMode {
+    /// After the ticket is in the write-ahead log, `fdatasync`ed.
+    Wal,
     /// After the ticket's batch committed in PostgreSQL.
     Commit,
     /// After the ticket is in the in-memory queue (lost on a crash, not on
@@ -47,7 +49,7 @@ pub struct Settings {
     /// Connections of the shared pool (migrations, readiness checks).
     /// Each writer has its own connection on top of these.
     pub db_pool_size: u32,
-    /// When a request is answered: `commit` or `memory`.
+    /// When a request is answered: `wal`, `commit` or `memory`.
     pub ack: AckMode,
     /// Tickets accepted but not yet committed, at most (the admission budget).
     pub queue_capacity: usize,
@@ -55,7 +57,8 @@ pub struct Settings {
     pub writers: usize,
     /// A batch is flushed when it holds this many tickets…
     pub batch_max_tickets: usize,
-    /// …or this long after its first ticket arrived.
+    /// …or this long after its first ticket arrived. 0: as soon as the
+    /// queue is momentarily empty (the next batch gathers during the flush).
     pub batch_max_wait_ms: u64,
     /// Largest accepted body, after gzip decoding.
     pub max_body_bytes: usize,
@@ -67,6 +70,12 @@ pub struct Settings {
     pub body_read_timeout_ms: u64,
     /// Seconds a refused producer is told to wait (`Retry-After`).
     pub retry_after_s: u32,
+    /// Directory of the write-ahead log segments (replayed at every start).
+    pub wal_dir: PathBuf,
+    /// A segment is closed and a new one started past this size.
+    pub wal_segment_bytes: u64,
+    /// Past this many bytes on disk, tickets are refused with `503`.
+    pub wal_max_bytes: u64,
     /// Apply pending migrations before serving.
     pub migrate_on_start: bool,
     /// `pretty` for people, `json` for log pipelines.
@@ -83,16 +92,19 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 9098)),
             database_url: None,
             db_pool_size: 4,
-            ack: AckMode::Commit,
+            ack: AckMode::Wal,
             queue_capacity: 20_000,
             writers: 2,
             batch_max_tickets: 500,
-            batch_max_wait_ms: 5,
+            batch_max_wait_ms: 0,
             max_body_bytes: 64 * 1024,
             max_headers: 64,
             header_read_timeout_ms: 5_000,
             body_read_timeout_ms: 10_000,
             retry_after_s: 1,
+            wal_dir: PathBuf::from(".data/wal"),
+            wal_segment_bytes: 64 * 1024 * 1024,
+            wal_max_bytes: 1024 * 1024 * 1024,
             migrate_on_start: true,
             log_format: LogFormat::Pretty,
             log_level: "info".to_string(),
@@ -103,7 +115,7 @@ impl Default for Settings {
 
 /// Every key, as spelled in the file; the environment is filtered to these
 /// so that unrelated `TICKET_INGEST_*` variables are not mistaken for typos.
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 20] = [
     "listen",
     "database_url",
     "db_pool_size",
@@ -117,6 +129,9 @@ pub const KEYS: [&str; 17] = [
     "header_read_timeout_ms",
     "body_read_timeout_ms",
     "retry_after_s",
+    "wal_dir",
+    "wal_segment_bytes",
+    "wal_max_bytes",
     "migrate_on_start",
     "log_format",
     "log_level",
@@ -169,6 +184,11 @@ impl Settings {
         at_least("header_read_timeout_ms", self.header_read_timeout_ms, 1)?;
         at_least("body_read_timeout_ms", self.body_read_timeout_ms, 1)?;
         at_least("retry_after_s", self.retry_after_s as u64, 1)?;
+        at_least("wal_segment_bytes", self.wal_segment_bytes, 4096)?;
+        at_least("wal_max_bytes", self.wal_max_bytes, self.wal_segment_bytes).map_err(|_| ConfigError::OutOfRange {
+            key: "wal_max_bytes",
+            reason: "must be at least wal_segment_bytes".to_string(),
+        })?;
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(ConfigError::OutOfRange { key: "log_level", reason: error.to_string() });
         }

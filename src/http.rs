@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -25,11 +25,12 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::admission::{Admission, Refusal};
+use crate::admission::{Admission, Permit, Refusal};
 use crate::config::{AckMode, Settings};
 use crate::metrics::{self, KindLabels, Metrics, StatusLabels};
 use crate::store::NewTicket;
 use crate::ticket::{ParsedTicket, Problem, Status};
+use crate::wal::{Wal, WalError, WalRecord};
 use crate::writer::Job;
 
 /// gzip adds a few bytes to incompressible data: leave room for them on the
@@ -52,6 +53,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// For readiness checks.
     pub pool: PgPool,
+    pub wal: Wal,
     pub recent_keys: RecentKeys,
 }
 
@@ -65,7 +67,19 @@ enum Refused {
     UnsupportedEncoding,
     BadIdempotencyKey(&'static str),
     BudgetExhausted,
+    WalFull,
+    WalFailed,
     ShuttingDown,
+}
+
+impl From<WalError> for Refused {
+    fn from(error: WalError) -> Refused {
+        match error {
+            WalError::Full(_) => Refused::WalFull,
+            WalError::Io(_) => Refused::WalFailed,
+            WalError::Closed => Refused::ShuttingDown,
+        }
+    }
 }
 
 impl Refused {
@@ -75,7 +89,9 @@ impl Refused {
             Refused::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refused::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Refused::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Refused::BudgetExhausted | Refused::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Refused::BudgetExhausted | Refused::WalFull | Refused::WalFailed | Refused::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -88,6 +104,8 @@ impl Refused {
             Refused::UnsupportedEncoding => "Content-Encoding must be gzip or identity".to_string(),
             Refused::BadIdempotencyKey(reason) => format!("invalid idempotency key: {reason}"),
             Refused::BudgetExhausted => "too many tickets in flight, retry later".to_string(),
+            Refused::WalFull => "write-ahead log full (database behind or disk full), retry later".to_string(),
+            Refused::WalFailed => "write-ahead log write failed, retry later".to_string(),
             Refused::ShuttingDown => "shutting down, retry later".to_string(),
         }
     }
@@ -158,30 +176,52 @@ async fn accept(state: &AppState, request: Request<Incoming>) -> Result<HttpResp
         serde_json::to_vec(&Accepted { id, status: parsed.status, problems: &parsed.problems, duplicate: false })
             .map_err(|error| Refused::BadBody(error.to_string()))?;
     let status = parsed.status;
-    let (reply, committed) = match state.settings.ack {
-        AckMode::Commit => {
-            let (sender, receiver) = oneshot::channel();
-            (Some(sender), Some(receiver))
-        }
-        AckMode::Memory => (None, None),
-    };
+    let claimed_key = idempotency_key.clone();
     let ticket = NewTicket { id, received_at: OffsetDateTime::now_utc(), idempotency_key, raw, parsed };
-    if let Err(error) = state.queue.try_send(Job { ticket, permit, reply }) {
-        let job = match error {
-            TrySendError::Full(job) | TrySendError::Disconnected(job) => job,
-        };
-        if let Some(key) = &job.ticket.idempotency_key {
+    if let Err(refused) = hand_over(state, ticket, permit).await {
+        if let Some(key) = &claimed_key {
             state.recent_keys.forget(key);
         }
-        return Err(Refused::ShuttingDown);
-    }
-    if let Some(committed) = committed {
-        // The writers answer every ticket they take; a closed channel
-        // means the process is going down before the commit.
-        committed.await.map_err(|_| Refused::ShuttingDown)?;
+        return Err(refused);
     }
     state.metrics.tickets_accepted.get_or_create(&StatusLabels { status: status.as_str() }).inc();
     Ok(json(StatusCode::ACCEPTED, Bytes::from(body)))
+}
+
+/// Makes the ticket as safe as the ack mode promises, and queues it for
+/// the writers. `Ok` means the request may be answered `202`.
+async fn hand_over(state: &AppState, ticket: NewTicket, permit: Permit) -> Result<(), Refused> {
+    match state.settings.ack {
+        AckMode::Memory => enqueue(state, Job { ticket, permit, reply: None, wal_seq: None }),
+        AckMode::Commit => {
+            let (reply, committed) = oneshot::channel();
+            enqueue(state, Job { ticket, permit, reply: Some(reply), wal_seq: None })?;
+            // Writers answer every ticket they take; a closed channel means
+            // the process is going down before the commit.
+            committed.await.map_err(|_| Refused::ShuttingDown)
+        }
+        AckMode::Wal => {
+            let record = WalRecord {
+                id: ticket.id,
+                received_at: ticket.received_at,
+                idempotency_key: ticket.idempotency_key.clone(),
+                raw: ticket.raw.clone(),
+            };
+            let seq = state.wal.append(record).await.map_err(Refused::from)?;
+            // Durable from here on: a ticket that cannot be queued any more
+            // (shutdown) is replayed from the log at the next start.
+            if enqueue(state, Job { ticket, permit, reply: None, wal_seq: Some(seq) }).is_err() {
+                tracing::warn!(message = "ticket logged but not queued, it is replayed at the next start", seq);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The queue is as large as the admission budget, so it only refuses a
+/// permitted ticket once the writers are gone.
+fn enqueue(state: &AppState, job: Job) -> Result<(), Refused> {
+    state.queue.try_send(job).map_err(|_| Refused::ShuttingDown)
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refused> {
@@ -244,7 +284,12 @@ fn refusal(state: &AppState, refused: &Refused) -> HttpResponse {
     let status = refused.status();
     let mut response = json_error(status, &refused.message(&state.settings));
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        let kind = if *refused == Refused::BudgetExhausted { "budget" } else { "shutdown" };
+        let kind = match refused {
+            Refused::BudgetExhausted => "budget",
+            Refused::WalFull => "wal_full",
+            Refused::WalFailed => "wal_error",
+            _ => "shutdown",
+        };
         state.metrics.refused.get_or_create(&KindLabels { kind }).inc();
         response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(state.settings.retry_after_s));
     }
@@ -259,6 +304,9 @@ async fn readiness(state: &AppState) -> HttpResponse {
     if state.admission.is_exhausted() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "admission budget exhausted");
     }
+    if state.wal.is_full() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "write-ahead log full");
+    }
     let probe = sqlx::query("SELECT 1").execute(&state.pool);
     match tokio::time::timeout(READY_TIMEOUT, probe).await {
         Ok(Ok(_)) => text(StatusCode::OK, "ready"),
@@ -272,6 +320,7 @@ fn metrics_page(state: &AppState) -> HttpResponse {
     metrics.in_flight.set(state.admission.in_flight() as i64);
     metrics.in_flight_capacity.set(state.admission.capacity() as i64);
     metrics.queue_depth.set(state.queue.len() as i64);
+    metrics.wal_bytes.set(state.wal.bytes_on_disk() as i64);
     let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
     response

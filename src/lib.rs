@@ -9,6 +9,7 @@
 //! - [`admission`] in-flight budget: a permit per ticket until it is committed
 //! - [`writer`]    batch writer threads: collect → flush (retry / bisect) → report
 //! - [`store`]     SQL: one statement per table per batch, migrations
+//! - [`wal`]       write-ahead log for `ack = wal`: group commit, replay, checkpoints
 //! - [`metrics`]   Prometheus metrics, OpenMetrics text
 
 pub mod admission;
@@ -19,4 +20,5 @@ pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod ticket;
+pub mod wal;
 pub mod writer;

@@ -56,6 +56,12 @@ pub struct Metrics {
     pub db_errors: Family<KindLabels, Counter>,
     pub retries: Counter,
     pub poison_tickets: Counter,
+    pub wal_append_duration: Histogram,
+    pub wal_fsync_duration: Histogram,
+    pub wal_bytes: Gauge,
+    pub wal_replayed: Counter,
+    pub wal_truncations: Counter,
+    pub wal_errors: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -83,6 +89,12 @@ impl Metrics {
             db_errors: Family::default(),
             retries: Counter::default(),
             poison_tickets: Counter::default(),
+            wal_append_duration: latency_histogram(),
+            wal_fsync_duration: latency_histogram(),
+            wal_bytes: Gauge::default(),
+            wal_replayed: Counter::default(),
+            wal_truncations: Counter::default(),
+            wal_errors: Counter::default(),
             registry: Registry::default(),
         };
         metrics.register(&mut registry);
@@ -132,6 +144,26 @@ impl Metrics {
             "Tickets the database refused, stored as invalid",
             self.poison_tickets.clone(),
         );
+        registry.register_with_unit(
+            "wal_append_duration",
+            "Time to write and fdatasync one group of WAL records",
+            Unit::Seconds,
+            self.wal_append_duration.clone(),
+        );
+        registry.register_with_unit(
+            "wal_fsync_duration",
+            "Time of one WAL fdatasync",
+            Unit::Seconds,
+            self.wal_fsync_duration.clone(),
+        );
+        registry.register_with_unit("wal", "Bytes of WAL segments on disk", Unit::Bytes, self.wal_bytes.clone());
+        registry.register("wal_replayed", "WAL records replayed at start", self.wal_replayed.clone());
+        registry.register(
+            "wal_truncations",
+            "WAL segments truncated at a torn or corrupt record",
+            self.wal_truncations.clone(),
+        );
+        registry.register("wal_errors", "WAL write or sync failures, each refusing a group", self.wal_errors.clone());
     }
 
     pub fn record_request(&self, route: &'static str, code: u16, seconds: f64) {

@@ -1,12 +1,14 @@
-//! Wiring: [`Application::build`] connects, migrates, starts the writers and
-//! binds the listener; [`Application::run_until_stopped`] serves until the
-//! shutdown future fires, then stops in this order:
+//! Wiring: [`Application::build`] connects, migrates, opens the write-ahead
+//! log, starts the writers, replays what the log still holds into them, and
+//! only then binds the listener; [`Application::run_until_stopped`] serves
+//! until the shutdown future fires, then stops in this order:
 //!
 //! 1. stop accepting connections and close the admission budget (requests
 //!    still arriving on open connections get `503` + `Retry-After`);
 //! 2. let in-flight requests finish, for at most `shutdown_grace_ms`;
 //! 3. the writers drain the queue and flush every accepted ticket;
-//! 4. return, and the process exits 0.
+//! 4. the WAL appender deletes the fully committed segments and stops;
+//! 5. return, and the process exits 0.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,13 +27,17 @@ use crate::config::Settings;
 use crate::http::{self, AppState, RecentKeys};
 use crate::metrics::Metrics;
 use crate::store;
-use crate::writer::Writers;
+use crate::store::NewTicket;
+use crate::ticket::ParsedTicket;
+use crate::wal::{Recovered, Wal, WalThread};
+use crate::writer::{Job, Writers};
 
 /// A built service: connected, migrated, writers running, listener bound.
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
     writers: Writers,
+    wal_thread: WalThread,
 }
 
 impl Application {
@@ -47,17 +53,28 @@ impl Application {
             store::migrate(&pool).await.context("applying migrations")?;
         }
         let metrics = Arc::new(Metrics::new());
+        let (wal, wal_thread, recovered) =
+            Wal::open(&settings.wal_dir, settings.wal_segment_bytes, settings.wal_max_bytes, Arc::clone(&metrics))
+                .with_context(|| format!("opening the write-ahead log in {} (wal_dir)", settings.wal_dir.display()))?;
         let admission = Admission::new(settings.queue_capacity);
         // The queue holds at most what the budget admits, so a permitted
         // ticket always finds room in it.
         let (queue, receiver) = crossbeam_channel::bounded(settings.queue_capacity);
-        let writers = Writers::spawn(&settings, &database_url, receiver, Arc::clone(&admission), Arc::clone(&metrics))
-            .context("starting writer threads")?;
+        let writers = Writers::spawn(
+            &settings,
+            &database_url,
+            receiver,
+            Arc::clone(&admission),
+            wal.clone(),
+            Arc::clone(&metrics),
+        )
+        .context("starting writer threads")?;
+        replay(recovered, &admission, &queue).await;
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
         let recent_keys = RecentKeys::new();
-        let state = Arc::new(AppState { settings, admission, queue, metrics, pool, recent_keys });
-        Ok(Application { listener, state, writers })
+        let state = Arc::new(AppState { settings, admission, queue, metrics, pool, wal, recent_keys });
+        Ok(Application { listener, state, writers, wal_thread })
     }
 
     /// The port actually bound (useful with `listen = "127.0.0.1:0"`).
@@ -66,7 +83,7 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Application { listener, state, writers } = self;
+        let Application { listener, state, writers, wal_thread } = self;
         tracing::info!(message = "listening", address = %listener.local_addr()?, ack = ?state.settings.ack, writers = state.settings.writers);
         let connections = GracefulShutdown::new();
         let mut http = http1::Builder::new();
@@ -109,8 +126,49 @@ impl Application {
             tracing::warn!(message = "grace period over, open connections are dropped");
         }
         tracing::info!(message = "draining the queue", in_flight = state.admission.in_flight());
-        tokio::task::spawn_blocking(move || writers.join()).await.context("joining writers")?;
+        tokio::task::spawn_blocking(move || {
+            writers.join();
+            wal_thread.stop();
+        })
+        .await
+        .context("joining writers")?;
         tracing::info!(message = "stopped, every accepted ticket is committed");
         Ok(())
     }
+}
+
+/// Feeds the records the log still holds to the writers, in order, waiting
+/// for room in the budget when there are more than it admits. Their ids are
+/// the original ones, so a record committed just before a crash is skipped
+/// by the database (`ON CONFLICT DO NOTHING`), not stored twice.
+async fn replay(recovered: Vec<Recovered>, admission: &Arc<Admission>, queue: &crossbeam_channel::Sender<Job>) {
+    if recovered.is_empty() {
+        return;
+    }
+    let total = recovered.len();
+    tracing::info!(message = "replaying the write-ahead log", records = total);
+    for (done, Recovered { seq, record }) in recovered.into_iter().enumerate() {
+        let permit = loop {
+            match admission.try_acquire() {
+                Ok(permit) => break permit,
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        };
+        let parsed = ParsedTicket::parse(&record.raw);
+        let ticket = NewTicket {
+            id: record.id,
+            received_at: record.received_at,
+            idempotency_key: record.idempotency_key,
+            raw: record.raw,
+            parsed,
+        };
+        if queue.try_send(Job { ticket, permit, reply: None, wal_seq: Some(seq) }).is_err() {
+            tracing::error!(message = "writers stopped during replay; the rest stays in the log", replayed = done);
+            return;
+        }
+        if (done + 1) % 10_000 == 0 {
+            tracing::info!(message = "replay progress", replayed = done + 1, records = total);
+        }
+    }
+    tracing::info!(message = "write-ahead log replayed into the queue", records = total);
 }

@@ -17,6 +17,9 @@
 //!   the ticket at fault is alone; that ticket is stored as `invalid` with
 //!   its raw body and the database's message.
 //!
+//! After the flush, the batch's WAL sequence numbers are reported to the
+//! log, which deletes a segment once all its records are committed.
+//!
 //! At shutdown the writers keep going until the admission budget is closed
 //! and every permit was given back, i.e. every accepted ticket is committed.
 
@@ -35,6 +38,7 @@ use crate::config::Settings;
 use crate::metrics::{KindLabels, Metrics};
 use crate::store::{self, NewTicket, Written};
 use crate::ticket::{Problem, Status};
+use crate::wal::Wal;
 
 /// How often an idle writer checks whether the service is shutting down.
 const IDLE_POLL: Duration = Duration::from_millis(50);
@@ -49,6 +53,8 @@ pub struct Job {
     pub permit: Permit,
     /// Answered after commit when `ack = commit`.
     pub reply: Option<oneshot::Sender<()>>,
+    /// The ticket's WAL record, reported committed after the flush.
+    pub wal_seq: Option<u64>,
 }
 
 /// The running writer threads.
@@ -63,6 +69,7 @@ impl Writers {
         database_url: &str,
         queue: Receiver<Job>,
         admission: Arc<Admission>,
+        wal: Wal,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Writers> {
         let mut handles = Vec::with_capacity(settings.writers);
@@ -72,11 +79,13 @@ impl Writers {
                 number,
                 queue: queue.clone(),
                 admission: Arc::clone(&admission),
+                wal: wal.clone(),
                 metrics: Arc::clone(&metrics),
                 database_url: database_url.to_string(),
                 batch_max_tickets: settings.batch_max_tickets,
                 batch_max_wait: settings.batch_max_wait(),
                 connection: None,
+                unstorable: Vec::new(),
                 runtime,
             };
             let handle = std::thread::Builder::new().name(format!("writer-{number}")).spawn(move || writer.run())?;
@@ -99,11 +108,15 @@ struct Writer {
     number: usize,
     queue: Receiver<Job>,
     admission: Arc<Admission>,
+    wal: Wal,
     metrics: Arc<Metrics>,
     database_url: String,
     batch_max_tickets: usize,
     batch_max_wait: Duration,
     connection: Option<PgConnection>,
+    /// Tickets of the current batch that could not be stored at all; their
+    /// WAL records are kept for the next start.
+    unstorable: Vec<uuid::Uuid>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -120,7 +133,7 @@ impl Writer {
         tracing::debug!(message = "writer started", writer = self.number);
         while let Some(batch) = self.collect_batch() {
             self.flush(&batch);
-            report(batch);
+            self.report(batch);
         }
         tracing::debug!(message = "writer stopped", writer = self.number);
     }
@@ -209,7 +222,8 @@ impl Writer {
                     // Only the raw body and fixed columns are left: this is
                     // a schema problem, not the ticket's. Keep it loud.
                     self.metrics.db_errors.get_or_create(&KindLabels { kind: "unstorable" }).inc();
-                    tracing::error!(message = "ticket could not be stored even as invalid", id = %ticket.id, %error);
+                    tracing::error!(message = "ticket could not be stored even as invalid, kept in the WAL", id = %ticket.id, %error);
+                    self.unstorable.push(ticket.id);
                     return;
                 }
             }
@@ -241,21 +255,29 @@ impl Writer {
         std::thread::sleep(delay);
     }
 
+    /// Tells the WAL what is committed, answers the `ack = commit`
+    /// requests; dropping the jobs gives their permits back.
+    fn report(&mut self, batch: Vec<Job>) {
+        let mut committed = Vec::with_capacity(batch.len());
+        for job in batch {
+            if let Some(seq) = job.wal_seq {
+                if !self.unstorable.contains(&job.ticket.id) {
+                    committed.push(seq);
+                }
+            }
+            if let Some(reply) = job.reply {
+                // The client may have gone away; its ticket is stored all the same.
+                let _ = reply.send(());
+            }
+        }
+        self.unstorable.clear();
+        self.wal.committed(committed);
+    }
+
     fn count_written(&self, written: Written) {
         self.metrics.tickets_written.inc_by(written.tickets);
         self.metrics.lines_written.inc_by(written.lines);
         self.metrics.products_written.inc_by(written.products);
-    }
-}
-
-/// Answers the `ack = commit` requests; dropping the jobs gives their
-/// permits back.
-fn report(batch: Vec<Job>) {
-    for job in batch {
-        if let Some(reply) = job.reply {
-            // The client may have gone away; its ticket is stored all the same.
-            let _ = reply.send(());
-        }
     }
 }
 

@@ -1,0 +1,685 @@
+//! The write-ahead log behind `ack = wal`: a ticket is answered `202` only
+//! once its record is on disk and `fdatasync`ed, so an acknowledged ticket
+//! survives a crash of the process or of the host.
+//!
+//! # On-disk format
+//!
+//! `wal_dir` holds segment files named after the sequence number of their
+//! first record, `00000000000000000001.wal`, each at most about
+//! `wal_segment_bytes` long. A segment starts with the 8-byte magic
+//! `TIWAL\0\0\x01`, then records, back to back:
+//!
+//! ```text
+//! u32 LE  payload length
+//! u32 LE  CRC32C of the payload
+//! payload:
+//!   u64 LE  sequence number (strictly increasing across segments)
+//!   [16]    ticket id (UUIDv7)
+//!   i64 LE  received_at, Unix nanoseconds
+//!   u16 LE  idempotency key length, 0xFFFF for none
+//!   [..]    idempotency key (UTF-8)
+//!   [..]    raw body, to the end of the payload
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **Group commit**: one appender thread owns the files. It takes every
+//!   record pending, writes them with one `write`, `fdatasync`s once, then
+//!   answers all of them. A failed write or sync answers every record of
+//!   that group with an error (the request gets `503`, never a false `202`).
+//! - **Recovery**: at start every segment is read back. The first record
+//!   whose length is impossible, whose payload is cut short or whose CRC does
+//!   not match ends the segment: the file is truncated there (a torn tail
+//!   after a crash), logged with file and offset, and counted. Recovery never
+//!   fails on bad content, so a damaged log cannot cause a crash loop.
+//! - **Checkpointing**: writers report the sequence numbers they committed.
+//!   A segment that is no longer the active one is deleted as soon as every
+//!   record in it is committed. The directory is `fsync`ed after a segment is
+//!   created or deleted, so a deletion never outlives a crash that the
+//!   commit it depends on did not.
+//! - **Bounded**: past `wal_max_bytes` on disk, or on a full disk, appends
+//!   are refused and requests get `503` + `Retry-After`.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, Sender};
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+
+const MAGIC: &[u8; 8] = b"TIWAL\0\0\x01";
+const FRAME_HEADER: usize = 8;
+const FIXED_PAYLOAD: usize = 8 + 16 + 8 + 2;
+const NO_KEY: u16 = u16::MAX;
+/// No record is larger: bodies are limited far below this.
+const MAX_PAYLOAD: usize = 256 * 1024 * 1024;
+/// A group stops growing past this many bytes, so one write stays bounded.
+const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
+
+/// One ticket as the log keeps it: enough to rebuild and store it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalRecord {
+    pub id: Uuid,
+    pub received_at: OffsetDateTime,
+    pub idempotency_key: Option<String>,
+    pub raw: Bytes,
+}
+
+/// A record read back at start, to be written to the database again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    pub seq: u64,
+    pub record: WalRecord,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("write-ahead log is full ({0} bytes on disk)")]
+    Full(u64),
+    #[error("write-ahead log I/O error: {0}")]
+    Io(String),
+    #[error("write-ahead log is closed")]
+    Closed,
+}
+
+enum Message {
+    Append { record: WalRecord, reply: oneshot::Sender<Result<u64, WalError>> },
+    Committed(Vec<u64>),
+    Shutdown,
+}
+
+/// The handle requests and writers use; cheap to clone.
+#[derive(Clone)]
+pub struct Wal {
+    sender: Sender<Message>,
+    bytes_on_disk: Arc<AtomicU64>,
+    max_bytes: u64,
+}
+
+/// The appender thread; [`WalThread::stop`] flushes and joins it.
+pub struct WalThread {
+    sender: Sender<Message>,
+    handle: JoinHandle<()>,
+}
+
+impl Wal {
+    /// Recovers `dir` (creating it if needed), starts the appender thread,
+    /// and returns the records that were not committed yet, in order.
+    pub fn open(
+        dir: &Path,
+        segment_bytes: u64,
+        max_bytes: u64,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<(Wal, WalThread, Vec<Recovered>)> {
+        fs::create_dir_all(dir)?;
+        let recovery = recover(dir, &metrics)?;
+        let bytes_on_disk = Arc::new(AtomicU64::new(0));
+        let mut appender = Appender::new(dir, segment_bytes, Arc::clone(&bytes_on_disk), metrics, recovery.next_seq);
+        for (first_seq, segment) in recovery.segments {
+            appender.adopt(first_seq, segment);
+        }
+        appender.delete_committed_segments();
+        appender.open_active_segment()?;
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let handle =
+            std::thread::Builder::new().name("wal-appender".to_string()).spawn(move || appender.run(receiver))?;
+        let wal = Wal { sender: sender.clone(), bytes_on_disk, max_bytes };
+        Ok((wal, WalThread { sender, handle }, recovery.records))
+    }
+
+    /// Appends `record`; resolves with its sequence number once it is on disk.
+    pub async fn append(&self, record: WalRecord) -> Result<u64, WalError> {
+        let on_disk = self.bytes_on_disk.load(Ordering::Relaxed);
+        if on_disk >= self.max_bytes {
+            return Err(WalError::Full(on_disk));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.sender.send(Message::Append { record, reply }).map_err(|_| WalError::Closed)?;
+        answer.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Records that these sequence numbers are committed in the database.
+    pub fn committed(&self, seqs: Vec<u64>) {
+        if !seqs.is_empty() {
+            // Only fails once the appender stopped; replay covers it then.
+            let _ = self.sender.send(Message::Committed(seqs));
+        }
+    }
+
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.bytes_on_disk.load(Ordering::Relaxed)
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.bytes_on_disk() >= self.max_bytes
+    }
+}
+
+impl WalThread {
+    /// Stops the appender after everything sent before; deletes the
+    /// segments whose records are all committed.
+    pub fn stop(self) {
+        let _ = self.sender.send(Message::Shutdown);
+        if self.handle.join().is_err() {
+            tracing::error!(message = "the WAL appender thread panicked");
+        }
+    }
+}
+
+/// A segment file and how many of its records still wait for a commit.
+struct Segment {
+    path: PathBuf,
+    bytes: u64,
+    uncommitted: u64,
+}
+
+struct Appender {
+    dir: PathBuf,
+    segment_bytes: u64,
+    next_seq: u64,
+    /// Every segment on disk by first sequence number; the last is active.
+    segments: BTreeMap<u64, Segment>,
+    active: Option<File>,
+    buffer: Vec<u8>,
+    bytes_on_disk: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Appender {
+    fn new(
+        dir: &Path,
+        segment_bytes: u64,
+        bytes_on_disk: Arc<AtomicU64>,
+        metrics: Arc<Metrics>,
+        next_seq: u64,
+    ) -> Self {
+        Appender {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            next_seq,
+            segments: BTreeMap::new(),
+            active: None,
+            buffer: Vec::with_capacity(64 * 1024),
+            bytes_on_disk,
+            metrics,
+        }
+    }
+
+    fn adopt(&mut self, first_seq: u64, segment: Segment) {
+        self.bytes_on_disk.fetch_add(segment.bytes, Ordering::Relaxed);
+        self.segments.insert(first_seq, segment);
+    }
+
+    fn run(mut self, receiver: Receiver<Message>) {
+        let mut group: Vec<(u64, oneshot::Sender<Result<u64, WalError>>)> = Vec::new();
+        while let Ok(first) = receiver.recv() {
+            let mut stop = self.take(first, &mut group);
+            while !stop && self.buffer.len() < MAX_GROUP_BYTES {
+                match receiver.try_recv() {
+                    Ok(message) => stop = self.take(message, &mut group),
+                    Err(_) => break,
+                }
+            }
+            if !group.is_empty() {
+                self.write_group(&mut group);
+            }
+            self.delete_committed_segments();
+            if stop {
+                break;
+            }
+        }
+        self.seal_active();
+        self.delete_committed_segments();
+    }
+
+    /// Handles one message; `true` for shutdown.
+    fn take(&mut self, message: Message, group: &mut Vec<(u64, oneshot::Sender<Result<u64, WalError>>)>) -> bool {
+        match message {
+            Message::Append { record, reply } => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                encode(&mut self.buffer, seq, &record);
+                group.push((seq, reply));
+                false
+            }
+            Message::Committed(seqs) => {
+                for seq in seqs {
+                    self.mark_committed(seq);
+                }
+                false
+            }
+            Message::Shutdown => true,
+        }
+    }
+
+    /// One write and one `fdatasync` for the whole group, then the answers.
+    fn write_group(&mut self, group: &mut Vec<(u64, oneshot::Sender<Result<u64, WalError>>)>) {
+        let started = Instant::now();
+        let result = self.write_buffer();
+        self.metrics.wal_append_duration.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => {
+                let Some((first_seq, _)) = group.first() else { return };
+                let count = group.len() as u64;
+                if let Some((_, segment)) = self.segments.range_mut(..=*first_seq).next_back() {
+                    segment.uncommitted += count;
+                }
+                for (seq, reply) in group.drain(..) {
+                    let _ = reply.send(Ok(seq));
+                }
+                self.rotate_if_full();
+            }
+            Err(error) => {
+                tracing::error!(message = "WAL write failed, refusing the group", records = group.len(), %error);
+                // Best effort: cut what part of the group reached the file, so
+                // that refused records are not replayed.
+                if let (Some(file), Some(segment)) = (self.active.as_ref(), self.segments.values().next_back()) {
+                    let _ = file.set_len(segment.bytes);
+                }
+                self.metrics.wal_errors.inc();
+                for (_, reply) in group.drain(..) {
+                    let _ = reply.send(Err(WalError::Io(error.to_string())));
+                }
+                // The file may hold part of the group: start a fresh segment
+                // so that the next group does not follow a torn record.
+                self.seal_active();
+                if let Err(error) = self.open_active_segment() {
+                    tracing::error!(message = "cannot open a new WAL segment", %error);
+                }
+            }
+        }
+        self.buffer.clear();
+    }
+
+    fn write_buffer(&mut self) -> io::Result<()> {
+        if self.active.is_none() {
+            self.open_active_segment()?;
+        }
+        let Some(file) = self.active.as_mut() else {
+            return Err(io::Error::other("no active WAL segment"));
+        };
+        file.write_all(&self.buffer)?;
+        let synced = Instant::now();
+        file.sync_data()?;
+        self.metrics.wal_fsync_duration.observe(synced.elapsed().as_secs_f64());
+        let written = self.buffer.len() as u64;
+        if let Some((_, segment)) = self.segments.iter_mut().next_back() {
+            segment.bytes += written;
+        }
+        self.bytes_on_disk.fetch_add(written, Ordering::Relaxed);
+        self.metrics.wal_bytes.set(self.bytes_on_disk.load(Ordering::Relaxed) as i64);
+        Ok(())
+    }
+
+    fn rotate_if_full(&mut self) {
+        let full = self.segments.values().next_back().is_some_and(|segment| segment.bytes >= self.segment_bytes);
+        if full {
+            self.seal_active();
+            if let Err(error) = self.open_active_segment() {
+                tracing::error!(message = "cannot open a new WAL segment", %error);
+            }
+        }
+    }
+
+    /// Creates the segment that receives the next records.
+    fn open_active_segment(&mut self) -> io::Result<()> {
+        let path = self.dir.join(segment_name(self.next_seq));
+        let mut file = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
+        file.write_all(MAGIC)?;
+        file.sync_all()?;
+        sync_dir(&self.dir)?;
+        self.bytes_on_disk.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
+        self.segments.insert(self.next_seq, Segment { path, bytes: MAGIC.len() as u64, uncommitted: 0 });
+        self.active = Some(file);
+        Ok(())
+    }
+
+    fn seal_active(&mut self) {
+        if let Some(file) = self.active.take() {
+            if let Err(error) = file.sync_all() {
+                tracing::error!(message = "WAL segment sync failed at seal", %error);
+            }
+        }
+    }
+
+    fn mark_committed(&mut self, seq: u64) {
+        match self.segments.range_mut(..=seq).next_back() {
+            Some((_, segment)) if segment.uncommitted > 0 => segment.uncommitted -= 1,
+            _ => tracing::warn!(message = "commit reported for an unknown WAL record", seq),
+        }
+    }
+
+    /// Deletes every sealed segment whose records are all committed.
+    fn delete_committed_segments(&mut self) {
+        let active_first = if self.active.is_some() { self.segments.keys().next_back().copied() } else { None };
+        let done: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(first, segment)| segment.uncommitted == 0 && Some(**first) != active_first)
+            .map(|(first, _)| *first)
+            .collect();
+        if done.is_empty() {
+            return;
+        }
+        for first in done {
+            let Some(segment) = self.segments.remove(&first) else { continue };
+            match fs::remove_file(&segment.path) {
+                Ok(()) => {
+                    self.bytes_on_disk
+                        .fetch_sub(segment.bytes.min(self.bytes_on_disk.load(Ordering::Relaxed)), Ordering::Relaxed);
+                }
+                Err(error) => {
+                    tracing::error!(message = "cannot delete WAL segment", path = %segment.path.display(), %error)
+                }
+            }
+        }
+        if let Err(error) = sync_dir(&self.dir) {
+            tracing::error!(message = "WAL directory sync failed", %error);
+        }
+        self.metrics.wal_bytes.set(self.bytes_on_disk.load(Ordering::Relaxed) as i64);
+    }
+}
+
+fn segment_name(first_seq: u64) -> String {
+    format!("{first_seq:020}.wal")
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Appends one framed record to `buffer`.
+fn encode(buffer: &mut Vec<u8>, seq: u64, record: &WalRecord) {
+    let key = record.idempotency_key.as_deref().map(str::as_bytes).filter(|key| key.len() < NO_KEY as usize);
+    let payload_len = FIXED_PAYLOAD + key.map_or(0, <[u8]>::len) + record.raw.len();
+    buffer.reserve(FRAME_HEADER + payload_len);
+    let header_at = buffer.len();
+    buffer.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    buffer.extend_from_slice(&[0; 4]);
+    let payload_at = buffer.len();
+    buffer.extend_from_slice(&seq.to_le_bytes());
+    buffer.extend_from_slice(record.id.as_bytes());
+    let nanos = i64::try_from(record.received_at.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+    buffer.extend_from_slice(&nanos.to_le_bytes());
+    match key {
+        Some(key) => {
+            buffer.extend_from_slice(&(key.len() as u16).to_le_bytes());
+            buffer.extend_from_slice(key);
+        }
+        None => buffer.extend_from_slice(&NO_KEY.to_le_bytes()),
+    }
+    buffer.extend_from_slice(&record.raw);
+    let crc = crc32c::crc32c(&buffer[payload_at..]);
+    buffer[header_at + 4..header_at + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Reads one payload back; `None` if it is not a well-formed record.
+fn decode(payload: &[u8]) -> Option<(u64, WalRecord)> {
+    let seq = u64::from_le_bytes(payload.get(0..8)?.try_into().ok()?);
+    let id = Uuid::from_slice(payload.get(8..24)?).ok()?;
+    let nanos = i64::from_le_bytes(payload.get(24..32)?.try_into().ok()?);
+    let received_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)).ok()?;
+    let key_len = u16::from_le_bytes(payload.get(32..34)?.try_into().ok()?);
+    let (idempotency_key, raw_at) = if key_len == NO_KEY {
+        (None, FIXED_PAYLOAD)
+    } else {
+        let end = FIXED_PAYLOAD + key_len as usize;
+        let key = std::str::from_utf8(payload.get(FIXED_PAYLOAD..end)?).ok()?;
+        (Some(key.to_string()), end)
+    };
+    let raw = Bytes::copy_from_slice(payload.get(raw_at..)?);
+    Some((seq, WalRecord { id, received_at, idempotency_key, raw }))
+}
+
+/// What recovery found on disk.
+struct Recovery {
+    records: Vec<Recovered>,
+    segments: Vec<(u64, Segment)>,
+    next_seq: u64,
+}
+
+fn recover(dir: &Path, metrics: &Metrics) -> io::Result<Recovery> {
+    let mut names: Vec<(u64, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let first_seq = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.strip_suffix(".wal"))
+            .and_then(|stem| stem.parse::<u64>().ok());
+        if let Some(first_seq) = first_seq {
+            names.push((first_seq, path));
+        }
+    }
+    names.sort();
+    let mut recovery = Recovery { records: Vec::new(), segments: Vec::new(), next_seq: 1 };
+    for (first_seq, path) in names {
+        let (records, bytes) = read_segment(&path, metrics)?;
+        let uncommitted = records.len() as u64;
+        if let Some(last) = records.last() {
+            recovery.next_seq = recovery.next_seq.max(last.seq + 1);
+        }
+        recovery.next_seq = recovery.next_seq.max(first_seq);
+        recovery.records.extend(records);
+        recovery.segments.push((first_seq, Segment { path, bytes, uncommitted }));
+    }
+    metrics.wal_replayed.inc_by(recovery.records.len() as u64);
+    Ok(recovery)
+}
+
+/// Reads a segment's valid records, truncating it at the first bad one.
+fn read_segment(path: &Path, metrics: &Metrics) -> io::Result<(Vec<Recovered>, u64)> {
+    let data = fs::read(path)?;
+    let mut records = Vec::new();
+    if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+        truncate_at(path, 0, "missing segment header", metrics)?;
+        return Ok((records, 0));
+    }
+    let mut offset = MAGIC.len();
+    while offset < data.len() {
+        match read_record(&data, offset) {
+            Ok((recovered, next)) => {
+                records.push(recovered);
+                offset = next;
+            }
+            Err(reason) => {
+                truncate_at(path, offset as u64, reason, metrics)?;
+                break;
+            }
+        }
+    }
+    Ok((records, offset as u64))
+}
+
+fn read_record(data: &[u8], offset: usize) -> Result<(Recovered, usize), &'static str> {
+    let header = data.get(offset..offset + FRAME_HEADER).ok_or("torn record header")?;
+    let length = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if !(FIXED_PAYLOAD..=MAX_PAYLOAD).contains(&length) {
+        return Err("impossible record length");
+    }
+    let start = offset + FRAME_HEADER;
+    let payload = data.get(start..start + length).ok_or("torn record payload")?;
+    if crc32c::crc32c(payload) != crc {
+        return Err("CRC mismatch");
+    }
+    let (seq, record) = decode(payload).ok_or("malformed record")?;
+    Ok((Recovered { seq, record }, start + length))
+}
+
+fn truncate_at(path: &Path, offset: u64, reason: &str, metrics: &Metrics) -> io::Result<()> {
+    tracing::warn!(message = "WAL segment truncated", file = %path.display(), offset, reason);
+    metrics.wal_truncations.inc();
+    let file = OpenOptions::new().write(true).open(path)?;
+    file.set_len(offset)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u8) -> WalRecord {
+        WalRecord {
+            id: Uuid::now_v7(),
+            received_at: OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789 + i128::from(n))
+                .expect("valid time"),
+            idempotency_key: (n % 2 == 0).then(|| format!("key-{n}")),
+            raw: Bytes::from(format!("Order: {n}\n\nproduct,product_id,price\nCafé,c,2\n")),
+        }
+    }
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wal-test-{}", Uuid::now_v7().simple()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    fn open(dir: &Path, segment_bytes: u64) -> (Wal, WalThread, Vec<Recovered>) {
+        Wal::open(dir, segment_bytes, u64::MAX, Arc::new(Metrics::new())).expect("wal opens")
+    }
+
+    fn append_all(wal: &Wal, records: &[WalRecord]) -> Vec<u64> {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        records.iter().map(|record| runtime.block_on(wal.append(record.clone())).expect("append")).collect()
+    }
+
+    fn segment_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = fs::read_dir(dir)
+            .expect("dir")
+            .map(|entry| entry.expect("entry").path())
+            .filter(|path| path.extension().is_some_and(|extension| extension == "wal"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn records_round_trip_through_a_restart() {
+        let dir = temp_dir();
+        let written: Vec<WalRecord> = (0..10).map(record).collect();
+        let (wal, thread, recovered) = open(&dir, 1 << 20);
+        assert!(recovered.is_empty());
+        let seqs = append_all(&wal, &written);
+        assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
+        thread.stop();
+
+        let (_wal, thread, recovered) = open(&dir, 1 << 20);
+        let records: Vec<WalRecord> = recovered.iter().map(|r| r.record.clone()).collect();
+        assert_eq!(records, written);
+        assert_eq!(recovered.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs);
+        thread.stop();
+    }
+
+    #[test]
+    fn sequence_numbers_continue_after_a_restart() {
+        let dir = temp_dir();
+        let (wal, thread, _) = open(&dir, 1 << 20);
+        append_all(&wal, &[record(1), record(2)]);
+        thread.stop();
+        let (wal, thread, _) = open(&dir, 1 << 20);
+        assert_eq!(append_all(&wal, &[record(3)]), vec![3]);
+        thread.stop();
+    }
+
+    #[test]
+    fn a_torn_tail_at_every_byte_offset_of_the_last_record_is_truncated_and_the_rest_survives() {
+        let dir = temp_dir();
+        let (wal, thread, _) = open(&dir, 1 << 20);
+        append_all(&wal, &[record(1), record(2), record(3)]);
+        thread.stop();
+        let file = segment_files(&dir).pop().expect("one segment");
+        let full = fs::read(&file).expect("read");
+        let mut last_start = MAGIC.len();
+        for _ in 0..2 {
+            let (_, next) = read_record(&full, last_start).expect("valid record");
+            last_start = next;
+        }
+        for cut in last_start..full.len() {
+            let case = temp_dir();
+            fs::write(case.join(file.file_name().expect("name")), &full[..cut]).expect("write");
+            let (_, thread, recovered) = open(&case, 1 << 20);
+            assert_eq!(recovered.len(), 2, "cut at {cut}");
+            thread.stop();
+        }
+    }
+
+    #[test]
+    fn a_corrupt_record_in_the_middle_ends_its_segment_without_failing_recovery() {
+        let dir = temp_dir();
+        let (wal, thread, _) = open(&dir, 1 << 20);
+        append_all(&wal, &[record(1), record(2), record(3)]);
+        thread.stop();
+        let file = segment_files(&dir).pop().expect("one segment");
+        let mut data = fs::read(&file).expect("read");
+        let (_, second_start) = read_record(&data, MAGIC.len()).expect("first record");
+        data[second_start + FRAME_HEADER + 10] ^= 0xFF;
+        fs::write(&file, &data).expect("write");
+
+        let (_, thread, recovered) = open(&dir, 1 << 20);
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(fs::metadata(&file).expect("meta").len(), second_start as u64);
+        thread.stop();
+    }
+
+    #[test]
+    fn segments_rotate_and_are_deleted_only_once_every_record_is_committed() {
+        let dir = temp_dir();
+        let (wal, thread, _) = open(&dir, 200);
+        let seqs = append_all(&wal, &(0..6).map(record).collect::<Vec<_>>());
+        assert!(segment_files(&dir).len() >= 2, "rotation happened: {:?}", segment_files(&dir));
+
+        wal.committed(seqs[..5].to_vec());
+        thread.stop();
+        let (_, thread, recovered) = open(&dir, 200);
+        // The first segment (1..=3) is gone; the second still holds an
+        // uncommitted record, so all of it is replayed (inserts are idempotent).
+        assert_eq!(recovered.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![4, 5, 6]);
+        thread.stop();
+    }
+
+    #[test]
+    fn everything_committed_leaves_no_records_to_replay() {
+        let dir = temp_dir();
+        let (wal, thread, _) = open(&dir, 1 << 20);
+        let seqs = append_all(&wal, &[record(1), record(2)]);
+        wal.committed(seqs);
+        thread.stop();
+        let (wal, thread, recovered) = open(&dir, 1 << 20);
+        assert!(recovered.is_empty());
+        assert_eq!(segment_files(&dir).len(), 1, "only the new active segment");
+        assert_eq!(wal.bytes_on_disk(), MAGIC.len() as u64);
+        thread.stop();
+    }
+
+    #[test]
+    fn a_full_log_refuses_appends() {
+        let dir = temp_dir();
+        let (wal, thread, _) = Wal::open(&dir, 1 << 20, 50, Arc::new(Metrics::new())).expect("opens");
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(wal.append(record(1))).expect("first fits");
+        let refused = runtime.block_on(wal.append(record(2)));
+        assert!(matches!(refused, Err(WalError::Full(_))), "{refused:?}");
+        thread.stop();
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_segment_is_emptied_not_trusted() {
+        let dir = temp_dir();
+        fs::write(dir.join(segment_name(7)), b"garbage that is not a WAL").expect("write");
+        let (wal, thread, recovered) = open(&dir, 1 << 20);
+        assert!(recovered.is_empty());
+        assert_eq!(append_all(&wal, &[record(1)]), vec![7]);
+        thread.stop();
+    }
+}

@@ -1,0 +1,133 @@
+//! Batches: mixed quality, huge tickets, hot products under two writers.
+
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use crate::helpers::{numbered_ticket, spawn_app_with};
+
+async fn post_all(app: &crate::helpers::TestApp, bodies: Vec<String>, concurrency: usize) -> Vec<serde_json::Value> {
+    let semaphore = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = Vec::new();
+    for body in bodies {
+        let request = app.client.post(format!("{}/ticket", app.address)).body(body);
+        let permit = std::sync::Arc::clone(&semaphore).acquire_owned().await.expect("semaphore");
+        tasks.push(tokio::spawn(async move {
+            let response = request.send().await.expect("sent");
+            assert_eq!(response.status(), 202);
+            let body: serde_json::Value = response.json().await.expect("json");
+            drop(permit);
+            body
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("task"));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_mixing_good_partial_and_invalid_tickets_commits_all_of_them() {
+    let app = spawn_app_with(|settings| {
+        settings.batch_max_tickets = 100;
+        settings.batch_max_wait_ms = 50;
+    })
+    .await;
+    let mut bodies = Vec::new();
+    for order in 0..50u64 {
+        bodies.push(match order % 5 {
+            0 => format!("Order: {order}\nTotal: 1.00\n\nproduct,product_id,price\nA,a,1.0O\nB,b,1\n"),
+            1 => "\u{0}\u{1}\u{2}binary junk\u{0}\u{0}\u{0}\u{0}\u{0}".to_string(),
+            2 => format!("<html>{order}</html>"),
+            3 => format!("Order: {order}\nVAT: x\nTotal: 9.99\n\nproduct,product_id,price\nA,a,1\n"),
+            _ => numbered_ticket(order),
+        });
+    }
+
+    let answers = post_all(&app, bodies, 50).await;
+
+    app.wait_for_count("tickets", 50).await;
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM tickets GROUP BY status ORDER BY status")
+            .fetch_all(&app.db)
+            .await
+            .expect("statuses");
+    assert_eq!(
+        statuses,
+        vec![("invalid".to_string(), 20), ("ok".to_string(), 10), ("partial".to_string(), 20)],
+        "answers: {answers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_of_two_thousand_lines_in_large_batches_are_stored_whole() {
+    let app = spawn_app_with(|settings| {
+        settings.batch_max_tickets = 500;
+        settings.batch_max_wait_ms = 100;
+        settings.max_body_bytes = 1024 * 1024;
+    })
+    .await;
+    let mut bodies = Vec::new();
+    for ticket in 0..20 {
+        let mut body = format!("Order: big-{ticket}\nVAT: 0\nTotal: 2000.00\n\nproduct,product_id,price\n");
+        for line in 0..2000 {
+            body.push_str(&format!("Item {line},P{line:04},1.00\n"));
+        }
+        bodies.push(body);
+    }
+
+    let answers = post_all(&app, bodies, 20).await;
+
+    assert!(answers.iter().all(|answer| answer["status"] == "ok"), "{answers:?}");
+    app.wait_for_count("tickets", 20).await;
+    app.wait_for_count("ticket_lines", 40_000).await;
+    let times_seen: i64 = sqlx::query_scalar("SELECT times_seen FROM products WHERE product_id = 'P0042'")
+        .fetch_one(&app.db)
+        .await
+        .expect("product");
+    assert_eq!(times_seen, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_on_the_same_hot_products_neither_deadlock_nor_let_an_older_price_win() {
+    let app = spawn_app_with(|settings| {
+        settings.writers = 2;
+        settings.batch_max_tickets = 5;
+    })
+    .await;
+    let ids = ["HOT1", "HOT2", "HOT3", "HOT4", "HOT5"];
+    let mut bodies = Vec::new();
+    for ticket in 0..400usize {
+        let mut lines: Vec<String> = ids
+            .iter()
+            .enumerate()
+            .map(|(index, id)| format!("Hot {id},{id},{}.{:02}", ticket % 97 + index, ticket % 100))
+            .collect();
+        lines.rotate_left(ticket % ids.len());
+        if ticket % 2 == 1 {
+            lines.reverse();
+        }
+        bodies.push(format!("Order: hot-{ticket}\n\nproduct,product_id,price\n{}\n", lines.join("\n")));
+    }
+
+    post_all(&app, bodies, 16).await;
+
+    app.wait_for_count("tickets", 400).await;
+    let expected: Vec<(String, Decimal, Uuid)> = sqlx::query_as(
+        "SELECT DISTINCT ON (l.product_id) l.product_id, l.price, t.id
+         FROM ticket_lines l JOIN tickets t ON t.id = l.ticket_id
+         ORDER BY l.product_id, t.received_at DESC, t.id DESC",
+    )
+    .fetch_all(&app.db)
+    .await
+    .expect("expected prices");
+    let actual: Vec<(String, Decimal, Uuid)> =
+        sqlx::query_as("SELECT product_id, price, last_ticket_id FROM products ORDER BY product_id")
+            .fetch_all(&app.db)
+            .await
+            .expect("products");
+    assert_eq!(actual, expected);
+    let times_seen: Vec<i64> =
+        sqlx::query_scalar("SELECT times_seen FROM products").fetch_all(&app.db).await.expect("times seen");
+    assert_eq!(times_seen, vec![400; 5]);
+}

@@ -1,0 +1,140 @@
+//! Every answer of the HTTP contract.
+
+use std::io::Write;
+
+use flate2::write::GzEncoder;
+use flate2::Compression;
+
+use crate::helpers::{spawn_app, spawn_app_with, SAMPLE_TICKET};
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+    encoder.write_all(data).expect("in-memory write");
+    encoder.finish().expect("in-memory finish")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_is_answered_202_with_its_id_status_and_problems() {
+    let app = spawn_app().await;
+
+    let response = app.post_ticket(SAMPLE_TICKET).await;
+
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.expect("json body");
+    let id: uuid::Uuid = body["id"].as_str().expect("id").parse().expect("uuid");
+    assert_eq!(id.get_version_num(), 7);
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["problems"], serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_body_is_a_400_with_a_json_error_and_stores_nothing() {
+    let app = spawn_app().await;
+
+    let response = app.post_ticket("").await;
+
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.expect("json body");
+    assert!(body["error"].as_str().is_some_and(|message| message.contains("empty")));
+    assert_eq!(app.count("tickets").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_a_413() {
+    let app = spawn_app_with(|settings| settings.max_body_bytes = 1024).await;
+
+    let response = app.post_ticket(vec![b'a'; 1025]).await;
+
+    assert_eq!(response.status(), 413);
+    assert_eq!(app.post_ticket(vec![b'a'; 1024]).await.status(), 202, "exactly the limit is accepted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_body_that_inflates_past_the_limit_is_a_413_not_inflated() {
+    let app = spawn_app().await;
+    let bomb = gzip(&vec![0u8; 8 * 1024 * 1024]);
+
+    let response = app
+        .client
+        .post(format!("{}/ticket", app.address))
+        .header("Content-Encoding", "gzip")
+        .body(bomb)
+        .send()
+        .await
+        .expect("request sent");
+
+    assert_eq!(response.status(), 413);
+    assert_eq!(app.count("tickets").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_gzip_body_is_a_400() {
+    let app = spawn_app().await;
+
+    let response = app.post_ticket_with_header("not gzip", "Content-Encoding", "gzip").await;
+
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsupported_content_encoding_is_a_415() {
+    let app = spawn_app().await;
+
+    let response = app.post_ticket_with_header(SAMPLE_TICKET, "Content-Encoding", "br").await;
+
+    assert_eq!(response.status(), 415);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_answers_pong() {
+    let app = spawn_app().await;
+
+    let response = app.get("/ping").await;
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.expect("text"), "Pong");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_are_200_when_the_database_answers() {
+    let app = spawn_app().await;
+
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    assert_eq!(app.get("/readyz").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_path_is_a_404_and_a_wrong_method_a_405_with_allow() {
+    let app = spawn_app().await;
+
+    let not_found = app.get("/nope").await;
+    let wrong_method = app.get("/ticket").await;
+    let post_ping = app.client.post(format!("{}/ping", app.address)).send().await.expect("sent");
+
+    assert_eq!(not_found.status(), 404);
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["allow"], "POST");
+    assert_eq!(post_ping.status(), 405);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_openmetrics_text_counting_requests_by_route_and_code() {
+    let app = spawn_app().await;
+    app.post_ticket(SAMPLE_TICKET).await;
+    app.post_ticket("").await;
+    app.get("/nope").await;
+
+    let response = app.get("/metrics").await;
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    let text = response.text().await.expect("text");
+    assert!(text.contains(r#"ticket_ingest_requests_total{route="/ticket",code="202"} 1"#), "{text}");
+    assert!(text.contains(r#"ticket_ingest_requests_total{route="/ticket",code="400"} 1"#), "{text}");
+    assert!(text.contains(r#"ticket_ingest_requests_total{route="other",code="404"} 1"#), "{text}");
+    assert!(text.contains(r#"ticket_ingest_tickets_accepted_total{status="ok"} 1"#), "{text}");
+    for name in ["in_flight_capacity", "queue_depth", "batch_size", "flush_duration_seconds", "wal_bytes"] {
+        assert!(text.contains(&format!("ticket_ingest_{name}")), "{name} missing");
+    }
+    assert!(text.ends_with("# EOF\n"));
+}

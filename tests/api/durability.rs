@@ -1,0 +1,87 @@
+//! Acknowledged tickets survive kill -9 and database outages (`ack = wal`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ticket_ingest::config::AckMode;
+
+use crate::helpers::{
+    assert_every_accepted_ticket_stored_once, fresh_database, run_load, temp_dir, DbProxy, ServiceProcess,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_load_then_restart_on_the_same_wal_stores_every_acknowledged_ticket_once() {
+    let database_url = fresh_database().await;
+    let wal_dir = temp_dir("wal");
+    let service = ServiceProcess::start(&database_url, &wal_dir, AckMode::Wal, &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(run_load(service.address.clone(), 30, 5_000, 1, Arc::clone(&stop)));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    service.signal("KILL");
+    let _ = service.wait_exit(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    let outcome = load.await.expect("load");
+    let restarted = ServiceProcess::start(&database_url, &wal_dir, AckMode::Wal, &[]).await;
+
+    assert!(outcome.unexpected.is_empty(), "unexpected answers: {:?}", outcome.unexpected);
+    assert!(!outcome.accepted.is_empty());
+    let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+    drop(restarted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_turns_into_503s_and_every_acknowledged_ticket_lands_after_restore() {
+    let database_url = fresh_database().await;
+    let proxy = DbProxy::start(&database_url).await;
+    let budget = [("TICKET_INGEST_QUEUE_CAPACITY", "300")];
+    let service = ServiceProcess::start(&proxy.url(&database_url), &temp_dir("wal"), AckMode::Wal, &budget).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(run_load(service.address.clone(), 20, 1_000_000, 1, Arc::clone(&stop)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ready_during_outage = reqwest::get(format!("{}/readyz", service.address)).await.expect("readyz").status();
+    let alive_during_outage = reqwest::get(format!("{}/healthz", service.address)).await.expect("healthz").status();
+    proxy.restore();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let outcome = load.await.expect("load");
+
+    assert_eq!(ready_during_outage, 503);
+    assert_eq!(alive_during_outage, 200);
+    assert!(outcome.refused > 0, "the exhausted budget refused tickets during the outage");
+    assert!(outcome.unexpected.is_empty(), "unexpected answers: {:?}", outcome.unexpected);
+    let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+    drop(service);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_then_kill_9_then_restart_still_stores_every_acknowledged_ticket() {
+    let database_url = fresh_database().await;
+    let wal_dir = temp_dir("wal");
+    let proxy = DbProxy::start(&database_url).await;
+    let service = ServiceProcess::start(&proxy.url(&database_url), &wal_dir, AckMode::Wal, &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(run_load(service.address.clone(), 20, 3_000, 1, Arc::clone(&stop)));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    service.signal("KILL");
+    let _ = service.wait_exit(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    let outcome = load.await.expect("load");
+    proxy.restore();
+    let restarted = ServiceProcess::start(&database_url, &wal_dir, AckMode::Wal, &[]).await;
+
+    assert!(outcome.unexpected.is_empty(), "unexpected answers: {:?}", outcome.unexpected);
+    assert!(!outcome.accepted.is_empty());
+    let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+    drop(restarted);
+}

@@ -1,0 +1,388 @@
+//! Test harness: the real service against a real PostgreSQL, a fresh
+//! database per test.
+//!
+//! `scripts/test.sh` starts a throwaway cluster and exports
+//! `TEST_DATABASE_URL`; each test creates its own database in it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::{Connection, PgConnection, PgPool};
+use ticket_ingest::config::{AckMode, Settings};
+use ticket_ingest::startup::Application;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub const SAMPLE_TICKET: &str =
+    "Order: 123456\nVAT: 3.10\nTotal: 16.90\n\nproduct,product_id,price\nFormule(s) midi,aZde,14.90\nCafé,IZ8z,2\n";
+
+pub fn test_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .expect("TEST_DATABASE_URL is not set: run the tests with scripts/test.sh, which starts a throwaway PostgreSQL")
+}
+
+/// Creates an empty database and returns its URL.
+pub async fn fresh_database() -> String {
+    let admin_url = test_database_url();
+    let name = format!("test_{}", Uuid::now_v7().simple());
+    let mut admin = PgConnection::connect(&admin_url).await.expect("connect to TEST_DATABASE_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create test database");
+    let (base, _) = admin_url.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{name}")
+}
+
+pub fn temp_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ticket-ingest-{label}-{}", Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// Settings for a test: fresh database, port 0, private WAL directory.
+pub async fn test_settings() -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        database_url: Some(fresh_database().await),
+        wal_dir: temp_dir("wal"),
+        log_level: "warn".to_string(),
+        ..Settings::default()
+    }
+}
+
+/// The service running in this process.
+pub struct TestApp {
+    pub address: String,
+    pub db: PgPool,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = test_settings().await;
+    configure(&mut settings);
+    spawn_app_from(settings).await
+}
+
+pub async fn spawn_app_from(settings: Settings) -> TestApp {
+    let database_url = settings.database_url.clone().expect("test settings have a database");
+    let application = Application::build(settings).await.expect("application builds");
+    let address = format!("http://127.0.0.1:{}", application.port());
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(application.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let db = PgPool::connect(&database_url).await.expect("test pool");
+    TestApp { address, db, client: reqwest::Client::new(), shutdown: Some(shutdown), server: Some(server) }
+}
+
+impl TestApp {
+    pub async fn post_ticket(&self, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client.post(format!("{}/ticket", self.address)).body(body).send().await.expect("request sent")
+    }
+
+    pub async fn post_ticket_with_header(
+        &self,
+        body: impl Into<reqwest::Body>,
+        name: &str,
+        value: &str,
+    ) -> reqwest::Response {
+        self.client
+            .post(format!("{}/ticket", self.address))
+            .header(name, value)
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.address)).send().await.expect("request sent")
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        count(&self.db, table).await
+    }
+
+    pub async fn wait_for_count(&self, table: &str, expected: i64) {
+        wait_for_count(&self.db, table, expected, Duration::from_secs(20)).await;
+    }
+
+    /// Fires the shutdown and waits until every accepted ticket is committed.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("clean shutdown");
+        }
+    }
+}
+
+pub async fn count(db: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(db).await.expect("count query")
+}
+
+pub async fn wait_for_count(db: &PgPool, table: &str, expected: i64, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let current = count(db, table).await;
+        if current == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{table}: {current} rows, expected {expected}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A ticket whose order number tells it apart from every other one.
+pub fn numbered_ticket(order: u64) -> String {
+    format!("Order: {order}\nVAT: 0.30\nTotal: 3.00\n\nproduct,product_id,price\nCafé,IZ8z,2\nCroissant,CR01,1.00\n")
+}
+
+/// The real binary as a child process.
+pub struct ServiceProcess {
+    pub child: Child,
+    pub address: String,
+}
+
+/// The child's log, kept in a temp directory for post-mortems.
+fn log_file() -> Stdio {
+    let path = temp_dir("log").join("ticket-ingest.log");
+    match std::fs::File::create(&path) {
+        Ok(file) => Stdio::from(file),
+        Err(_) => Stdio::null(),
+    }
+}
+
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local address").port()
+}
+
+impl ServiceProcess {
+    /// Starts `ticket-ingest serve` and waits until `/healthz` answers.
+    pub async fn start(
+        database_url: &str,
+        wal_dir: &std::path::Path,
+        ack: AckMode,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
+        let port = free_port();
+        let ack = match ack {
+            AckMode::Wal => "wal",
+            AckMode::Commit => "commit",
+            AckMode::Memory => "memory",
+        };
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ticket-ingest"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg("/dev/null")
+            .env("TICKET_INGEST_DATABASE_URL", database_url)
+            .env("TICKET_INGEST_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TICKET_INGEST_ACK", ack)
+            .env("TICKET_INGEST_WAL_DIR", wal_dir)
+            .env("TICKET_INGEST_LOG_LEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file());
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("start ticket-ingest");
+        let process = ServiceProcess { child, address: format!("http://127.0.0.1:{port}") };
+        process.wait_until_healthy().await;
+        process
+    }
+
+    async fn wait_until_healthy(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(response) = client.get(format!("{}/healthz", self.address)).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "ticket-ingest did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+        assert!(status.expect("kill runs").success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "ticket-ingest did not exit within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a load run saw.
+#[derive(Default, Debug)]
+pub struct LoadOutcome {
+    /// Order numbers answered 202.
+    pub accepted: Vec<u64>,
+    /// Answers 503.
+    pub refused: u64,
+    /// Requests that got no answer (connection refused or reset).
+    pub failed: u64,
+    /// Any other status: must stay empty.
+    pub unexpected: Vec<u16>,
+}
+
+/// Posts numbered tickets from `clients` concurrent clients until `stop` is
+/// set or `max_requests` were sent. Order numbers start at `first_order`.
+pub async fn run_load(
+    address: String,
+    clients: usize,
+    max_requests: u64,
+    first_order: u64,
+    stop: Arc<AtomicBool>,
+) -> LoadOutcome {
+    let next = Arc::new(AtomicU64::new(first_order));
+    let last = first_order + max_requests;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (client, address, next, stop) = (client.clone(), address.clone(), Arc::clone(&next), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let mut outcome = LoadOutcome::default();
+            while !stop.load(Ordering::Relaxed) {
+                let order = next.fetch_add(1, Ordering::Relaxed);
+                if order >= last {
+                    break;
+                }
+                match client.post(format!("{address}/ticket")).body(numbered_ticket(order)).send().await {
+                    Ok(response) if response.status() == 202 => outcome.accepted.push(order),
+                    Ok(response) if response.status() == 503 => {
+                        outcome.refused += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Ok(response) => outcome.unexpected.push(response.status().as_u16()),
+                    Err(_) => {
+                        outcome.failed += 1;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            }
+            outcome
+        }));
+    }
+    let mut total = LoadOutcome::default();
+    for task in tasks {
+        let outcome = task.await.expect("load task");
+        total.accepted.extend(outcome.accepted);
+        total.refused += outcome.refused;
+        total.failed += outcome.failed;
+        total.unexpected.extend(outcome.unexpected);
+    }
+    total
+}
+
+/// Asserts that every accepted order is stored exactly once, and that no
+/// order at all is stored twice.
+pub async fn assert_every_accepted_ticket_stored_once(db: &PgPool, accepted: &[u64]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let expected: Vec<String> = accepted.iter().map(u64::to_string).collect();
+    loop {
+        let missing: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM unnest($1::text[]) AS a(order_id)
+             WHERE NOT EXISTS (SELECT 1 FROM tickets t WHERE t.order_id = a.order_id)",
+        )
+        .bind(&expected)
+        .fetch_one(db)
+        .await
+        .expect("missing query");
+        if missing == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{missing} of {} acknowledged tickets are not stored", expected.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let duplicated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT order_id FROM tickets GROUP BY order_id HAVING count(*) > 1) d",
+    )
+    .fetch_one(db)
+    .await
+    .expect("duplicate query");
+    assert_eq!(duplicated, 0, "tickets stored twice");
+}
+
+/// A TCP proxy between the service and PostgreSQL that a test can cut
+/// (every connection dropped, new ones refused) and restore.
+pub struct DbProxy {
+    pub port: u16,
+    up: watch::Sender<bool>,
+}
+
+impl DbProxy {
+    pub async fn start(database_url: &str) -> DbProxy {
+        let upstream = upstream_address(database_url);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let (up, up_watch) = watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !*up_watch.borrow() {
+                    drop(inbound);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let mut up_watch = up_watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = up_watch.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        DbProxy { port, up }
+    }
+
+    /// The database URL that goes through the proxy.
+    pub fn url(&self, database_url: &str) -> String {
+        let upstream = upstream_address(database_url);
+        database_url.replacen(&upstream, &format!("127.0.0.1:{}", self.port), 1)
+    }
+
+    pub fn cut(&self) {
+        let _ = self.up.send(false);
+    }
+
+    pub fn restore(&self) {
+        let _ = self.up.send(true);
+    }
+}
+
+fn upstream_address(database_url: &str) -> String {
+    let after_at = database_url.split_once('@').map_or(database_url, |(_, rest)| rest);
+    after_at.split('/').next().expect("host:port").to_string()
+}

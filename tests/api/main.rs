@@ -1,0 +1,10 @@
+//! API tests: the real service, a real PostgreSQL, a fresh database per test.
+
+mod admission;
+mod batches;
+mod contract;
+mod durability;
+mod helpers;
+mod idempotency;
+mod shutdown;
+mod storage;

@@ -1,0 +1,64 @@
+//! Orderly shutdown loses nothing, in any ack mode.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ticket_ingest::config::AckMode;
+
+use crate::helpers::{
+    assert_every_accepted_ticket_stored_once, fresh_database, numbered_ticket, run_load, spawn_app_with, temp_dir,
+    ServiceProcess,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_with_tickets_still_queued_commits_every_one_of_them() {
+    let app = spawn_app_with(|settings| {
+        settings.ack = AckMode::Memory;
+        settings.batch_max_wait_ms = 2_000;
+        settings.batch_max_tickets = 1_000;
+    })
+    .await;
+    for order in 0..50 {
+        assert_eq!(app.post_ticket(numbered_ticket(order)).await.status(), 202);
+    }
+    let db = app.db.clone();
+
+    app.stop().await;
+
+    assert_eq!(crate::helpers::count(&db, "tickets").await, 50);
+}
+
+async fn sigterm_under_load_loses_nothing(ack: AckMode) {
+    let database_url = fresh_database().await;
+    let service = ServiceProcess::start(&database_url, &temp_dir("wal"), ack, &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(run_load(service.address.clone(), 30, 3_000, 1, Arc::clone(&stop)));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    service.signal("TERM");
+    let exit_code = service.wait_exit(Duration::from_secs(30)).await;
+    stop.store(true, Ordering::Relaxed);
+    let outcome = load.await.expect("load");
+
+    assert_eq!(exit_code, Some(0));
+    assert!(outcome.unexpected.is_empty(), "unexpected answers: {:?}", outcome.unexpected);
+    assert!(!outcome.accepted.is_empty(), "the load reached the service");
+    let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_with_ack_memory_exits_0_and_loses_nothing() {
+    sigterm_under_load_loses_nothing(AckMode::Memory).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_with_ack_commit_exits_0_and_loses_nothing() {
+    sigterm_under_load_loses_nothing(AckMode::Commit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_with_ack_wal_exits_0_and_loses_nothing() {
+    sigterm_under_load_loses_nothing(AckMode::Wal).await;
+}
