@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: formatting, lints, unit tests, the parser corpus and the
-# API tests against a real PostgreSQL. A throwaway cluster is started in a
+# Runs every test: the deployment files (scripts/check-deploy.sh, which also
+# installs promtool for the metrics test), formatting, lints, unit tests, the
+# parser corpus and the API tests against a real PostgreSQL. A throwaway cluster is started in a
 # temporary directory (each API test creates its own database in it) and
 # removed at the end. Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -23,6 +24,8 @@ echo "==> starting a throwaway PostgreSQL on 127.0.0.1:$port"
 pg_start "$tmp/pg" "$port"
 export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 
+echo "==> deployment files (compose, alert rules, dashboard)"
+scripts/check-deploy.sh
 echo "==> cargo fmt --check"
 cargo fmt --check
 echo "==> cargo clippy --all-targets -- -D warnings"

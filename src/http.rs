@@ -17,7 +17,9 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderValue, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{
+    HeaderMap, HeaderValue, ACCEPT, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -131,7 +133,7 @@ pub async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<H
         "/ping" if is_get(&method) => ("/ping", text(StatusCode::OK, "Pong")),
         "/healthz" if is_get(&method) => ("/healthz", text(StatusCode::OK, "ok")),
         "/readyz" if is_get(&method) => ("/readyz", readiness(&state).await),
-        "/metrics" if is_get(&method) => ("/metrics", metrics_page(&state)),
+        "/metrics" if is_get(&method) => ("/metrics", metrics_page(&state, request.headers())),
         "/ping" | "/healthz" | "/readyz" | "/metrics" => ("other", method_not_allowed("GET, HEAD")),
         _ => ("other", json_error(StatusCode::NOT_FOUND, "no such route")),
     };
@@ -315,14 +317,25 @@ async fn readiness(state: &AppState) -> HttpResponse {
     }
 }
 
-fn metrics_page(state: &AppState) -> HttpResponse {
+/// OpenMetrics for scrapers that ask for it (Prometheus does), the
+/// Prometheus text format otherwise.
+fn metrics_page(state: &AppState, headers: &HeaderMap) -> HttpResponse {
     let metrics = &state.metrics;
     metrics.in_flight.set(state.admission.in_flight() as i64);
     metrics.in_flight_capacity.set(state.admission.capacity() as i64);
     metrics.queue_depth.set(state.queue.len() as i64);
     metrics.wal_bytes.set(state.wal.bytes_on_disk() as i64);
-    let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
+    let wants_openmetrics = headers
+        .get(ACCEPT)
+        .and_then(|accept| accept.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let (body, content_type) = if wants_openmetrics {
+        (metrics.encode(), metrics::CONTENT_TYPE)
+    } else {
+        (metrics.encode_prometheus_text(), metrics::PROMETHEUS_TEXT_CONTENT_TYPE)
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

@@ -12,6 +12,8 @@ use prometheus_client::registry::{Registry, Unit};
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`Metrics::encode_prometheus_text`]'s output.
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -176,6 +178,34 @@ impl Metrics {
         let mut text = String::with_capacity(16 * 1024);
         if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             tracing::error!(message = "metrics encoding failed", %error);
+        }
+        text
+    }
+
+    /// The same metrics in the Prometheus text format 0.0.4, for clients
+    /// that do not ask for OpenMetrics (curl, `promtool check metrics`):
+    /// counter families are named with their `_total` suffix, and the
+    /// OpenMetrics-only `# UNIT` and `# EOF` lines are left out.
+    pub fn encode_prometheus_text(&self) -> String {
+        let openmetrics = self.encode();
+        let mut text = String::with_capacity(openmetrics.len());
+        let mut counters = Vec::new();
+        for line in openmetrics.lines() {
+            if let Some(family) = line.strip_prefix("# TYPE ").and_then(|rest| rest.strip_suffix(" counter")) {
+                counters.push(family);
+            }
+        }
+        for line in openmetrics.lines() {
+            if line.starts_with("# UNIT ") || line == "# EOF" {
+                continue;
+            }
+            let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+                let rest = line.strip_prefix(prefix)?;
+                let (family, tail) = rest.split_once(' ')?;
+                counters.contains(&family).then(|| format!("{prefix}{family}_total {tail}"))
+            });
+            text.push_str(renamed.as_deref().unwrap_or(line));
+            text.push('\n');
         }
         text
     }

@@ -124,7 +124,13 @@ async fn metrics_are_openmetrics_text_counting_requests_by_route_and_code() {
     app.post_ticket("").await;
     app.get("/nope").await;
 
-    let response = app.get("/metrics").await;
+    let response = app
+        .client
+        .get(format!("{}/metrics", app.address))
+        .header("Accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+        .send()
+        .await
+        .expect("sent");
 
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
@@ -137,4 +143,27 @@ async fn metrics_are_openmetrics_text_counting_requests_by_route_and_code() {
         assert!(text.contains(&format!("ticket_ingest_{name}")), "{name} missing");
     }
     assert!(text.ends_with("# EOF\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_without_an_openmetrics_accept_header_pass_promtool_check_metrics() {
+    let app = spawn_app().await;
+    app.post_ticket(SAMPLE_TICKET).await;
+
+    let response = app.get("/metrics").await;
+
+    assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    let text = response.text().await.expect("text");
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/test.sh installs Debian's prometheus package)");
+    promtool.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write metrics");
+    let output = promtool.wait_with_output().expect("promtool runs");
+    let complaints = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "promtool check metrics: {complaints}");
+    assert!(text.contains("# TYPE ticket_ingest_requests_total counter"));
 }
