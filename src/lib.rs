@@ -11,11 +11,13 @@
 //! - [`store`]     SQL: one statement per table per batch, migrations
 //! - [`wal`]       write-ahead log for `ack = wal`: group commit, replay, checkpoints
 //! - [`metrics`]   Prometheus metrics, OpenMetrics text
+//! - [`reprocess`] re-parse stored tickets with today's parser (`reprocess` command)
 
 pub mod admission;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod reprocess;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -1,4 +1,4 @@
-//! `ticket-ingest [serve | migrate | check-config]`: see `--help`.
+//! `ticket-ingest [serve | migrate | check-config | reprocess]`: see `--help`.
 
 use std::path::PathBuf;
 
@@ -8,7 +8,7 @@ use figment::providers::Serialized;
 use serde::Serialize;
 use ticket_ingest::config::Settings;
 use ticket_ingest::startup::Application;
-use ticket_ingest::{store, telemetry};
+use ticket_ingest::{reprocess, store, telemetry};
 
 #[derive(Parser)]
 #[command(version, about = "Cash-register tickets from a webhook into PostgreSQL")]
@@ -22,7 +22,7 @@ struct Cli {
     overrides: Overrides,
 }
 
-#[derive(Subcommand, Clone, Copy)]
+#[derive(Subcommand, Clone)]
 enum Command {
     /// Run the webhook service (the default).
     Serve,
@@ -30,6 +30,31 @@ enum Command {
     Migrate,
     /// Print the effective configuration, or name the key that is wrong.
     CheckConfig,
+    /// Re-parse stored tickets of a status with today's parser and update them.
+    Reprocess(ReprocessArgs),
+}
+
+#[derive(Args, Clone)]
+struct ReprocessArgs {
+    /// Which tickets: invalid or partial.
+    #[arg(long, value_parser = ["invalid", "partial"])]
+    status: String,
+    /// Only tickets received at or after this time (RFC 3339).
+    #[arg(long, value_parser = parse_rfc3339)]
+    since: Option<time::OffsetDateTime>,
+    /// Resume after this ticket id (printed in the progress log).
+    #[arg(long)]
+    after_id: Option<uuid::Uuid>,
+    /// Tickets per transaction.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    batch_size: i64,
+    /// Report what would change, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn parse_rfc3339(text: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|error| error.to_string())
 }
 
 /// Flags override every other source; each is named after its config key.
@@ -88,7 +113,7 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
-    if let Command::CheckConfig = command {
+    if let Command::CheckConfig = &command {
         print!("{}", toml_of(&settings)?);
         return Ok(());
     }
@@ -97,6 +122,7 @@ fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     runtime.block_on(async move {
         match command {
             Command::Migrate => migrate(&settings).await,
+            Command::Reprocess(args) => reprocess(&settings, args).await,
             _ => Application::build(settings).await?.run_until_stopped(shutdown_signal()).await,
         }
     })
@@ -106,6 +132,22 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     let pool = sqlx::PgPool::connect(settings.require_database_url()?).await.context("connecting to PostgreSQL")?;
     store::migrate(&pool).await.context("applying migrations")?;
     tracing::info!(message = "migrations applied");
+    Ok(())
+}
+
+async fn reprocess(settings: &Settings, args: ReprocessArgs) -> anyhow::Result<()> {
+    let options = reprocess::Options {
+        status: args.status,
+        since: args.since,
+        after_id: args.after_id,
+        batch_size: args.batch_size,
+        dry_run: args.dry_run,
+    };
+    let summary = reprocess::run(settings.require_database_url()?, &options).await?;
+    if options.dry_run {
+        println!("dry run, nothing written");
+    }
+    println!("{summary}");
     Ok(())
 }
 

@@ -128,14 +128,14 @@ async fn insert_tickets(connection: &mut PgConnection, batch: &[&NewTicket]) -> 
 }
 
 /// `problems` is NULL for ok tickets, a JSON array otherwise.
-fn problems_json(parsed: &ParsedTicket) -> Option<String> {
+pub(crate) fn problems_json(parsed: &ParsedTicket) -> Option<String> {
     if parsed.problems.is_empty() {
         return None;
     }
     serde_json::to_string(&parsed.problems).ok()
 }
 
-async fn insert_lines(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<u64, sqlx::Error> {
+pub(crate) async fn insert_lines(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<u64, sqlx::Error> {
     let count: usize = tickets.iter().map(|ticket| ticket.parsed.lines.len()).sum();
     if count == 0 {
         return Ok(0);
@@ -175,7 +175,7 @@ struct ProductSeen<'a> {
     times_seen: i64,
 }
 
-async fn upsert_products(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<u64, sqlx::Error> {
+pub(crate) async fn upsert_products(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<u64, sqlx::Error> {
     let mut products = merge_products(tickets);
     if products.is_empty() {
         return Ok(0);

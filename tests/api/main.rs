@@ -6,5 +6,6 @@ mod contract;
 mod durability;
 mod helpers;
 mod idempotency;
+mod reprocess;
 mod shutdown;
 mod storage;
