@@ -76,6 +76,11 @@ pub struct Settings {
     pub wal_segment_bytes: u64,
     /// Past this many bytes on disk, tickets are refused with `503`.
     pub wal_max_bytes: u64,
+    /// Standard Webhooks secrets (`whsec_…`); when any is set, every
+    /// `POST /ticket` must be signed with one of them, else `401`.
+    pub signing_secrets: Vec<String>,
+    /// How far `webhook-timestamp` may be from our clock, in seconds.
+    pub signing_tolerance_s: u64,
     /// Apply pending migrations before serving.
     pub migrate_on_start: bool,
     /// `pretty` for people, `json` for log pipelines.
@@ -105,6 +110,8 @@ impl Default for Settings {
             wal_dir: PathBuf::from(".data/wal"),
             wal_segment_bytes: 64 * 1024 * 1024,
             wal_max_bytes: 1024 * 1024 * 1024,
+            signing_secrets: Vec::new(),
+            signing_tolerance_s: 300,
             migrate_on_start: true,
             log_format: LogFormat::Pretty,
             log_level: "info".to_string(),
@@ -115,7 +122,7 @@ impl Default for Settings {
 
 /// Every key, as spelled in the file; the environment is filtered to these
 /// so that unrelated `TICKET_INGEST_*` variables are not mistaken for typos.
-pub const KEYS: [&str; 20] = [
+pub const KEYS: [&str; 22] = [
     "listen",
     "database_url",
     "db_pool_size",
@@ -132,6 +139,8 @@ pub const KEYS: [&str; 20] = [
     "wal_dir",
     "wal_segment_bytes",
     "wal_max_bytes",
+    "signing_secrets",
+    "signing_tolerance_s",
     "migrate_on_start",
     "log_format",
     "log_level",
@@ -189,6 +198,9 @@ impl Settings {
             key: "wal_max_bytes",
             reason: "must be at least wal_segment_bytes".to_string(),
         })?;
+        if let Err(reason) = crate::signature::Verifier::new(&self.signing_secrets, self.signing_tolerance_s) {
+            return Err(ConfigError::OutOfRange { key: "signing_secrets", reason });
+        }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(ConfigError::OutOfRange { key: "log_level", reason: error.to_string() });
         }

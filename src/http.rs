@@ -30,6 +30,7 @@ use uuid::Uuid;
 use crate::admission::{Admission, Permit, Refusal};
 use crate::config::{AckMode, Settings};
 use crate::metrics::{self, KindLabels, Metrics, StatusLabels};
+use crate::signature::{SignatureError, Verifier};
 use crate::store::NewTicket;
 use crate::ticket::{ParsedTicket, Problem, Status};
 use crate::wal::{Wal, WalError, WalRecord};
@@ -57,6 +58,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub wal: Wal,
     pub recent_keys: RecentKeys,
+    /// Checks signatures when `signing_secrets` is set.
+    pub verifier: Option<Verifier>,
 }
 
 /// Why a `POST /ticket` was not accepted.
@@ -68,6 +71,7 @@ enum Refused {
     BadBody(String),
     UnsupportedEncoding,
     BadIdempotencyKey(&'static str),
+    BadSignature(SignatureError),
     BudgetExhausted,
     WalFull,
     WalFailed,
@@ -88,6 +92,7 @@ impl Refused {
     fn status(&self) -> StatusCode {
         match self {
             Refused::EmptyBody | Refused::BadBody(_) | Refused::BadIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            Refused::BadSignature(_) => StatusCode::UNAUTHORIZED,
             Refused::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refused::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Refused::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -105,6 +110,7 @@ impl Refused {
             Refused::BadBody(reason) => reason.clone(),
             Refused::UnsupportedEncoding => "Content-Encoding must be gzip or identity".to_string(),
             Refused::BadIdempotencyKey(reason) => format!("invalid idempotency key: {reason}"),
+            Refused::BadSignature(reason) => format!("webhook signature refused: {reason}"),
             Refused::BudgetExhausted => "too many tickets in flight, retry later".to_string(),
             Refused::WalFull => "write-ahead log full (database behind or disk full), retry later".to_string(),
             Refused::WalFailed => "write-ahead log write failed, retry later".to_string(),
@@ -163,6 +169,10 @@ async fn accept(state: &AppState, request: Request<Incoming>) -> Result<HttpResp
     let raw = read_body(&state.settings, &parts.headers, body).await?;
     if raw.is_empty() {
         return Err(Refused::EmptyBody);
+    }
+    if let Some(verifier) = &state.verifier {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        verifier.verify(&parts.headers, &raw, now).map_err(Refused::BadSignature)?;
     }
     let parsed = ParsedTicket::parse(&raw);
     let id = Uuid::now_v7();
@@ -285,6 +295,9 @@ fn gunzip(encoded: &[u8], max: usize) -> Result<Bytes, Refused> {
 fn refusal(state: &AppState, refused: &Refused) -> HttpResponse {
     let status = refused.status();
     let mut response = json_error(status, &refused.message(&state.settings));
+    if status == StatusCode::UNAUTHORIZED {
+        state.metrics.signature_failures.inc();
+    }
     if status == StatusCode::SERVICE_UNAVAILABLE {
         let kind = match refused {
             Refused::BudgetExhausted => "budget",

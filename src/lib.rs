@@ -5,6 +5,7 @@
 //! - [`telemetry`] tracing subscriber (pretty | json)
 //! - [`startup`]   `Application::build` / `run_until_stopped`; shutdown order
 //! - [`http`]      hyper routes, limits, refusals → status codes
+//! - [`signature`] Standard Webhooks signature check (`signing_secrets`)
 //! - [`ticket`]    `ParsedTicket::parse`: raw body → status, fields, lines, problems
 //! - [`admission`] in-flight budget: a permit per ticket until it is committed
 //! - [`writer`]    batch writer threads: collect → flush (retry / bisect) → report
@@ -18,6 +19,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod reprocess;
+pub mod signature;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -156,6 +156,7 @@ fn toml_of(settings: &Settings) -> anyhow::Result<String> {
     if let Some(url) = &shown.database_url {
         shown.database_url = Some(hide_password(url));
     }
+    shown.signing_secrets = shown.signing_secrets.iter().map(|_| "***".to_string()).collect();
     Ok(toml::to_string(&shown)?)
 }
 

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub request_duration: HistogramFamily<RouteLabels>,
     pub tickets_accepted: Family<StatusLabels, Counter>,
     pub duplicates: Counter,
+    pub signature_failures: Counter,
     pub refused: Family<KindLabels, Counter>,
     pub in_flight: Gauge,
     pub in_flight_capacity: Gauge,
@@ -79,6 +80,7 @@ impl Metrics {
             request_duration: Family::new_with_constructor(latency_histogram),
             tickets_accepted: Family::default(),
             duplicates: Counter::default(),
+            signature_failures: Counter::default(),
             refused: Family::default(),
             in_flight: Gauge::default(),
             in_flight_capacity: Gauge::default(),
@@ -112,6 +114,11 @@ impl Metrics {
             self.request_duration.clone(),
         );
         registry.register("tickets_accepted", "Tickets answered 202, by parse status", self.tickets_accepted.clone());
+        registry.register(
+            "signature_failures",
+            "Requests refused with 401: missing, stale or wrong webhook signature",
+            self.signature_failures.clone(),
+        );
         registry.register(
             "duplicates",
             "Requests answered 202 for an idempotency key already seen",

@@ -26,6 +26,7 @@ use crate::admission::Admission;
 use crate::config::Settings;
 use crate::http::{self, AppState, RecentKeys};
 use crate::metrics::Metrics;
+use crate::signature::Verifier;
 use crate::store;
 use crate::store::NewTicket;
 use crate::ticket::ParsedTicket;
@@ -73,7 +74,9 @@ impl Application {
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
         let recent_keys = RecentKeys::new();
-        let state = Arc::new(AppState { settings, admission, queue, metrics, pool, wal, recent_keys });
+        let verifier = Verifier::new(&settings.signing_secrets, settings.signing_tolerance_s)
+            .map_err(|reason| anyhow::anyhow!("signing_secrets: {reason}"))?;
+        let state = Arc::new(AppState { settings, admission, queue, metrics, pool, wal, recent_keys, verifier });
         Ok(Application { listener, state, writers, wal_thread })
     }
 

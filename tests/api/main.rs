@@ -8,4 +8,5 @@ mod helpers;
 mod idempotency;
 mod reprocess;
 mod shutdown;
+mod signatures;
 mod storage;
