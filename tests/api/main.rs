@@ -6,6 +6,7 @@ mod contract;
 mod durability;
 mod helpers;
 mod idempotency;
+mod openapi;
 mod reprocess;
 mod shutdown;
 mod signatures;
