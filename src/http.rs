@@ -34,7 +34,7 @@ use crate::signature::{SignatureError, Verifier};
 use crate::store::NewTicket;
 use crate::ticket::{ParsedTicket, Problem, Status};
 use crate::wal::{Wal, WalError, WalRecord};
-use crate::writer::Job;
+use crate::writer::{BatchTuning, Job};
 
 /// gzip adds a few bytes to incompressible data: leave room for them on the
 /// encoded body, the decoded one is held to `max_body_bytes` exactly.
@@ -60,6 +60,8 @@ pub struct AppState {
     pub recent_keys: RecentKeys,
     /// Checks signatures when `signing_secrets` is set.
     pub verifier: Option<Verifier>,
+    /// The batch triggers in force (shown in the metrics).
+    pub tuning: Arc<BatchTuning>,
 }
 
 /// Why a `POST /ticket` was not accepted.
@@ -338,6 +340,8 @@ fn metrics_page(state: &AppState, headers: &HeaderMap) -> HttpResponse {
     metrics.in_flight_capacity.set(state.admission.capacity() as i64);
     metrics.queue_depth.set(state.queue.len() as i64);
     metrics.wal_bytes.set(state.wal.bytes_on_disk() as i64);
+    metrics.batch_max_tickets.set(state.tuning.max_tickets() as i64);
+    metrics.batch_max_wait.set(state.tuning.max_wait_ms() as f64 / 1000.0);
     let wants_openmetrics = headers
         .get(ACCEPT)
         .and_then(|accept| accept.to_str().ok())

@@ -12,12 +12,14 @@
 //! - [`store`]     SQL: one statement per table per batch, migrations
 //! - [`wal`]       write-ahead log for `ack = wal`: group commit, replay, checkpoints
 //! - [`metrics`]   Prometheus metrics, OpenMetrics text
+//! - [`reload`]    SIGHUP: batch triggers and log level changed at run time
 //! - [`reprocess`] re-parse stored tickets with today's parser (`reprocess` command)
 
 pub mod admission;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod reload;
 pub mod reprocess;
 pub mod signature;
 pub mod startup;

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use figment::providers::Serialized;
 use serde::Serialize;
 use ticket_ingest::config::Settings;
+use ticket_ingest::reload::{self, Reloader};
 use ticket_ingest::startup::Application;
 use ticket_ingest::{reprocess, store, telemetry};
 
@@ -103,7 +104,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match run(cli.command.unwrap_or(Command::Serve), settings) {
+    let config = cli.config.clone();
+    let overrides = serde_json::to_value(&cli.overrides).unwrap_or_default();
+    let loader: reload::Loader = Box::new(move || Settings::load(config.as_deref(), Serialized::defaults(&overrides)));
+    match run(cli.command.unwrap_or(Command::Serve), settings, loader) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("ticket-ingest: {error:#}");
@@ -112,18 +116,23 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+fn run(command: Command, settings: Settings, loader: reload::Loader) -> anyhow::Result<()> {
     if let Command::CheckConfig = &command {
         print!("{}", toml_of(&settings)?);
         return Ok(());
     }
-    telemetry::init(settings.log_format, &settings.log_level);
+    let set_log_level = telemetry::init(settings.log_format, &settings.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match command {
             Command::Migrate => migrate(&settings).await,
             Command::Reprocess(args) => reprocess(&settings, args).await,
-            _ => Application::build(settings).await?.run_until_stopped(shutdown_signal()).await,
+            _ => {
+                let application = Application::build(settings.clone()).await?;
+                let reloader = Reloader::new(loader, settings, application.batch_tuning(), set_log_level);
+                tokio::spawn(reloader.run_on_sighup());
+                application.run_until_stopped(shutdown_signal()).await
+            }
         }
     })
 }

@@ -3,6 +3,8 @@
 //! Served at `GET /metrics` as OpenMetrics text; every name carries the
 //! `ticket_ingest_` prefix (counters also get the `_total` suffix).
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -51,6 +53,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub in_flight_capacity: Gauge,
     pub queue_depth: Gauge,
+    pub batch_max_tickets: Gauge,
+    pub batch_max_wait: Gauge<f64, AtomicU64>,
     pub batch_size: Histogram,
     pub flush_duration: Histogram,
     pub tickets_written: Counter,
@@ -85,6 +89,8 @@ impl Metrics {
             in_flight: Gauge::default(),
             in_flight_capacity: Gauge::default(),
             queue_depth: Gauge::default(),
+            batch_max_tickets: Gauge::default(),
+            batch_max_wait: Gauge::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             flush_duration: latency_histogram(),
             tickets_written: Counter::default(),
@@ -136,6 +142,13 @@ impl Metrics {
             self.in_flight_capacity.clone(),
         );
         registry.register("queue_depth", "Tickets waiting in the queue for a writer", self.queue_depth.clone());
+        registry.register("batch_max_tickets", "Batch size trigger in force", self.batch_max_tickets.clone());
+        registry.register_with_unit(
+            "batch_max_wait",
+            "Batch deadline trigger in force",
+            Unit::Seconds,
+            self.batch_max_wait.clone(),
+        );
         registry.register("batch_size", "Tickets per flushed batch", self.batch_size.clone());
         registry.register_with_unit(
             "flush_duration",

@@ -31,7 +31,7 @@ use crate::store;
 use crate::store::NewTicket;
 use crate::ticket::ParsedTicket;
 use crate::wal::{Recovered, Wal, WalThread};
-use crate::writer::{Job, Writers};
+use crate::writer::{BatchTuning, Job, Writers};
 
 /// A built service: connected, migrated, writers running, listener bound.
 pub struct Application {
@@ -61,12 +61,14 @@ impl Application {
         // The queue holds at most what the budget admits, so a permitted
         // ticket always finds room in it.
         let (queue, receiver) = crossbeam_channel::bounded(settings.queue_capacity);
+        let tuning = BatchTuning::new(&settings);
         let writers = Writers::spawn(
             &settings,
             &database_url,
             receiver,
             Arc::clone(&admission),
             wal.clone(),
+            Arc::clone(&tuning),
             Arc::clone(&metrics),
         )
         .context("starting writer threads")?;
@@ -76,8 +78,14 @@ impl Application {
         let recent_keys = RecentKeys::new();
         let verifier = Verifier::new(&settings.signing_secrets, settings.signing_tolerance_s)
             .map_err(|reason| anyhow::anyhow!("signing_secrets: {reason}"))?;
-        let state = Arc::new(AppState { settings, admission, queue, metrics, pool, wal, recent_keys, verifier });
+        let state =
+            Arc::new(AppState { settings, admission, queue, metrics, pool, wal, recent_keys, verifier, tuning });
         Ok(Application { listener, state, writers, wal_thread })
+    }
+
+    /// The batch triggers the writers use; a SIGHUP reload changes them.
+    pub fn batch_tuning(&self) -> Arc<BatchTuning> {
+        Arc::clone(&self.state.tuning)
     }
 
     /// The port actually bound (useful with `listen = "127.0.0.1:0"`).

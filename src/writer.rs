@@ -25,6 +25,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -57,6 +58,36 @@ pub struct Job {
     pub wal_seq: Option<u64>,
 }
 
+/// The batch triggers, shared by every writer and changed at run time by a
+/// SIGHUP reload; each batch reads them afresh.
+#[derive(Debug)]
+pub struct BatchTuning {
+    max_tickets: AtomicUsize,
+    max_wait_ms: AtomicU64,
+}
+
+impl BatchTuning {
+    pub fn new(settings: &Settings) -> Arc<BatchTuning> {
+        Arc::new(BatchTuning {
+            max_tickets: AtomicUsize::new(settings.batch_max_tickets),
+            max_wait_ms: AtomicU64::new(settings.batch_max_wait_ms),
+        })
+    }
+
+    pub fn set(&self, max_tickets: usize, max_wait_ms: u64) {
+        self.max_tickets.store(max_tickets, Ordering::Relaxed);
+        self.max_wait_ms.store(max_wait_ms, Ordering::Relaxed);
+    }
+
+    pub fn max_tickets(&self) -> usize {
+        self.max_tickets.load(Ordering::Relaxed)
+    }
+
+    pub fn max_wait_ms(&self) -> u64 {
+        self.max_wait_ms.load(Ordering::Relaxed)
+    }
+}
+
 /// The running writer threads.
 #[derive(Debug)]
 pub struct Writers {
@@ -70,6 +101,7 @@ impl Writers {
         queue: Receiver<Job>,
         admission: Arc<Admission>,
         wal: Wal,
+        tuning: Arc<BatchTuning>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Writers> {
         let mut handles = Vec::with_capacity(settings.writers);
@@ -82,8 +114,7 @@ impl Writers {
                 wal: wal.clone(),
                 metrics: Arc::clone(&metrics),
                 database_url: database_url.to_string(),
-                batch_max_tickets: settings.batch_max_tickets,
-                batch_max_wait: settings.batch_max_wait(),
+                tuning: Arc::clone(&tuning),
                 connection: None,
                 unstorable: Vec::new(),
                 runtime,
@@ -111,8 +142,7 @@ struct Writer {
     wal: Wal,
     metrics: Arc<Metrics>,
     database_url: String,
-    batch_max_tickets: usize,
-    batch_max_wait: Duration,
+    tuning: Arc<BatchTuning>,
     connection: Option<PgConnection>,
     /// Tickets of the current batch that could not be stored at all; their
     /// WAL records are kept for the next start.
@@ -149,10 +179,11 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => return None,
             }
         };
-        let deadline = Instant::now() + self.batch_max_wait;
-        let mut batch = Vec::with_capacity(self.batch_max_tickets);
+        let max_tickets = self.tuning.max_tickets();
+        let deadline = Instant::now() + Duration::from_millis(self.tuning.max_wait_ms());
+        let mut batch = Vec::with_capacity(max_tickets);
         batch.push(first);
-        while batch.len() < self.batch_max_tickets {
+        while batch.len() < max_tickets {
             match self.queue.recv_deadline(deadline) {
                 Ok(job) => batch.push(job),
                 Err(_) => break,

@@ -176,6 +176,17 @@ impl ServiceProcess {
         ack: AckMode,
         extra_env: &[(&str, &str)],
     ) -> Self {
+        Self::start_with_config(database_url, wal_dir, ack, extra_env, std::path::Path::new("/dev/null")).await
+    }
+
+    /// Like [`ServiceProcess::start`], reading `config` as its config file.
+    pub async fn start_with_config(
+        database_url: &str,
+        wal_dir: &std::path::Path,
+        ack: AckMode,
+        extra_env: &[(&str, &str)],
+        config: &std::path::Path,
+    ) -> Self {
         let port = free_port();
         let ack = match ack {
             AckMode::Wal => "wal",
@@ -186,7 +197,7 @@ impl ServiceProcess {
         command
             .arg("serve")
             .arg("--config")
-            .arg("/dev/null")
+            .arg(config)
             .env("TICKET_INGEST_DATABASE_URL", database_url)
             .env("TICKET_INGEST_LISTEN", format!("127.0.0.1:{port}"))
             .env("TICKET_INGEST_ACK", ack)

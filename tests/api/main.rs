@@ -7,6 +7,7 @@ mod durability;
 mod helpers;
 mod idempotency;
 mod openapi;
+mod reload;
 mod reprocess;
 mod shutdown;
 mod signatures;
