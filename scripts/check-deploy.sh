@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Validates the deployment files: Prometheus alert rules and config
 # (promtool), the compose files (docker-compose config -q; no Docker engine
-# is needed) and the Grafana dashboard JSON. Installs promtool (Debian
-# package prometheus) and docker-compose when missing and root.
-# The live /metrics endpoint is checked by the API tests with
-# `promtool check metrics`.
+# is needed), the HAProxy configuration (haproxy -c) and the Grafana
+# dashboard JSON. Installs promtool (Debian package prometheus),
+# docker-compose and haproxy when missing and root; the API tests use
+# promtool (`promtool check metrics` on /metrics) and haproxy (scale-out).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -21,6 +21,7 @@ install_missing() { # COMMAND PACKAGE
 }
 install_missing promtool prometheus
 install_missing docker-compose docker-compose
+install_missing haproxy haproxy
 
 echo "==> promtool check rules docker/prometheus/alerts.yml"
 promtool check rules docker/prometheus/alerts.yml
@@ -30,6 +31,11 @@ for file in docker/compose*.yml; do
     echo "==> docker-compose -f $file config -q"
     docker-compose -f "$file" config -q
 done
+echo "==> haproxy -c docker/haproxy/haproxy.cfg (service names mapped to loopback)"
+checked="$(mktemp)"
+trap 'rm -f "$checked"' EXIT
+sed 's/ticket-ingest-[0-9]*:9098/127.0.0.1:9098/' docker/haproxy/haproxy.cfg >"$checked"
+haproxy -c -q -f "$checked"
 echo "==> Grafana dashboards parse as JSON"
 for file in docker/grafana/dashboards/*.json; do
     python3 -m json.tool "$file" >/dev/null

@@ -58,8 +58,8 @@ const INSERT_TICKETS: &str = "
     RETURNING id";
 
 const INSERT_LINES: &str = "
-    INSERT INTO ticket_lines (ticket_id, line_no, product_id, name, price)
-    SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::numeric[])";
+    INSERT INTO ticket_lines (ticket_id, received_at, line_no, product_id, name, price)
+    SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int4[], $4::text[], $5::text[], $6::numeric[])";
 
 const UPSERT_PRODUCTS: &str = "
     INSERT INTO products AS p (product_id, name, price, first_seen_at, last_seen_at, last_ticket_id, times_seen)
@@ -141,6 +141,7 @@ pub(crate) async fn insert_lines(connection: &mut PgConnection, tickets: &[&NewT
         return Ok(0);
     }
     let mut ticket_ids = Vec::with_capacity(count);
+    let mut received_at = Vec::with_capacity(count);
     let mut line_nos = Vec::with_capacity(count);
     let mut product_ids = Vec::with_capacity(count);
     let mut names = Vec::with_capacity(count);
@@ -148,6 +149,7 @@ pub(crate) async fn insert_lines(connection: &mut PgConnection, tickets: &[&NewT
     for ticket in tickets {
         for line in &ticket.parsed.lines {
             ticket_ids.push(ticket.id);
+            received_at.push(ticket.received_at);
             line_nos.push(line.line_no);
             product_ids.push(line.product_id.as_str());
             names.push(line.name.as_str());
@@ -156,6 +158,7 @@ pub(crate) async fn insert_lines(connection: &mut PgConnection, tickets: &[&NewT
     }
     let result = sqlx::query(INSERT_LINES)
         .bind(ticket_ids)
+        .bind(received_at)
         .bind(line_nos)
         .bind(product_ids)
         .bind(names)

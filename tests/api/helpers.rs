@@ -187,7 +187,11 @@ impl ServiceProcess {
         extra_env: &[(&str, &str)],
         config: &std::path::Path,
     ) -> Self {
-        let port = free_port();
+        let listen = extra_env
+            .iter()
+            .find(|(key, _)| *key == "TICKET_INGEST_LISTEN")
+            .map(|(_, value)| value.to_string())
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
         let ack = match ack {
             AckMode::Wal => "wal",
             AckMode::Commit => "commit",
@@ -199,7 +203,7 @@ impl ServiceProcess {
             .arg("--config")
             .arg(config)
             .env("TICKET_INGEST_DATABASE_URL", database_url)
-            .env("TICKET_INGEST_LISTEN", format!("127.0.0.1:{port}"))
+            .env("TICKET_INGEST_LISTEN", &listen)
             .env("TICKET_INGEST_ACK", ack)
             .env("TICKET_INGEST_WAL_DIR", wal_dir)
             .env("TICKET_INGEST_LOG_LEVEL", "warn")
@@ -210,7 +214,7 @@ impl ServiceProcess {
             command.env(key, value);
         }
         let child = command.spawn().expect("start ticket-ingest");
-        let process = ServiceProcess { child, address: format!("http://127.0.0.1:{port}") };
+        let process = ServiceProcess { child, address: format!("http://{listen}") };
         process.wait_until_healthy().await;
         process
     }

@@ -9,6 +9,7 @@ mod idempotency;
 mod openapi;
 mod reload;
 mod reprocess;
+mod scale;
 mod shutdown;
 mod signatures;
 mod storage;
