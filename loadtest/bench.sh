@@ -64,13 +64,7 @@ cleanup() {
 trap cleanup EXIT
 
 # --- database -------------------------------------------------------------
-if [ -n "${TICKET_INGEST_DATABASE_URL:-}" ]; then
-    server_url="${TICKET_INGEST_DATABASE_URL%/*}"
-else
-    port="${TICKET_INGEST_PG_PORT:-5499}"
-    pg_start "$repo/.data/pg" "$port"
-    server_url="postgres://postgres@127.0.0.1:$port"
-fi
+server_url="$(pg_server_for_load_tests "$repo")"
 database="bench_$(date +%s)"
 psql "$server_url/postgres" -qc "CREATE DATABASE $database"
 database_url="$server_url/$database"

@@ -115,6 +115,19 @@ pg_url() {
     echo "postgres://postgres@127.0.0.1:$port/$db"
 }
 
+# pg_server_for_load_tests REPO: the server URL (no database) load tests
+# create their databases in: TICKET_INGEST_DATABASE_URL's server when set,
+# else the private cluster in REPO/.data/pg, started if needed.
+pg_server_for_load_tests() {
+    if [ -n "${TICKET_INGEST_DATABASE_URL:-}" ]; then
+        echo "${TICKET_INGEST_DATABASE_URL%/*}"
+        return
+    fi
+    local port="${TICKET_INGEST_PG_PORT:-5499}"
+    pg_start "$1/.data/pg" "$port" >&2
+    echo "postgres://postgres@127.0.0.1:$port"
+}
+
 # pg_free_port START: the first port from START on where nothing listens.
 pg_free_port() {
     local port="$1"
