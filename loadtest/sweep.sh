@@ -79,7 +79,7 @@ run_point memory 2 500
 
 awk -F, 'NR > 1 && $1 == "wal" { print > ("'"$work"'/w" $2 ".dat") }' "$results"
 gnuplot <<EOF
-set terminal pngcairo size 1000,720 font ",10"
+set terminal pngcairo size 1000,720 font ",10" noenhanced
 set output "$repo/docs/tuning.png"
 set datafile separator ","
 set multiplot layout 3,1 title "ticket-ingest, ack = wal, wrk -t1 -c50 -d${duration}s, ${traffic} tickets (loadtest/sweep.sh)"
