@@ -233,9 +233,13 @@ impl Writer {
     fn store_poison(&mut self, ticket: &NewTicket, cause: &sqlx::Error) {
         self.metrics.poison_tickets.inc();
         tracing::warn!(message = "ticket refused by the database, stored as invalid", id = %ticket.id, error = %cause);
+        // Keep only what cannot be at fault: ids, time, key, raw bytes.
         let mut poison = ticket.clone();
         poison.parsed.status = Status::Invalid;
         poison.parsed.lines.clear();
+        poison.parsed.order_id = None;
+        poison.parsed.vat = None;
+        poison.parsed.total = None;
         poison.parsed.problems.push(Problem {
             line: 0,
             code: "database_rejected",

@@ -131,3 +131,33 @@ async fn two_writers_on_the_same_hot_products_neither_deadlock_nor_let_an_older_
         sqlx::query_scalar("SELECT times_seen FROM products").fetch_all(&app.db).await.expect("times seen");
     assert_eq!(times_seen, vec![400; 5]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_the_database_refuses_is_isolated_and_stored_as_invalid_while_its_batch_commits() {
+    let app = spawn_app_with(|settings| {
+        settings.batch_max_tickets = 100;
+        settings.batch_max_wait_ms = 100;
+    })
+    .await;
+    // A rule the parser knows nothing about, as a stricter schema would add.
+    sqlx::query("ALTER TABLE tickets ADD CONSTRAINT no_poison CHECK (order_id IS DISTINCT FROM 'poison')")
+        .execute(&app.db)
+        .await
+        .expect("constraint");
+    let mut bodies: Vec<String> = (0..30).map(numbered_ticket).collect();
+    bodies.push(numbered_ticket(0).replace("Order: 0", "Order: poison"));
+
+    post_all(&app, bodies, 31).await;
+
+    app.wait_for_count("tickets", 31).await;
+    let (status, problems): (String, serde_json::Value) =
+        sqlx::query_as("SELECT status, problems FROM tickets WHERE order_id IS NULL")
+            .fetch_one(&app.db)
+            .await
+            .expect("the poison ticket");
+    assert_eq!(status, "invalid");
+    assert!(problems.to_string().contains("database_rejected"), "{problems}");
+    assert_eq!(app.count("ticket_lines").await, 60, "the good tickets' lines, not the poison's");
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    assert!(metrics.contains("ticket_ingest_poison_tickets_total 1"), "{metrics}");
+}
