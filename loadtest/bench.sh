@@ -8,8 +8,8 @@
 # and prints each figure, the ratios, p50/p99 ack latency, peak RSS and the
 # zero-loss check (rows committed >= 202 answers), and appends a CSV row to
 # loadtest/results.csv. Traffic: `sample` posts loadtest/ticket.txt on every
-# request (the old service's load), `realistic` (default) runs
-# loadtest/tickets.lua: 1-30 Zipf-distributed lines, 2 % malformed.
+# request (the old service's load), `realistic` (default) generates
+# tickets of 1-30 Zipf-distributed lines, 2 % malformed (loadtest/tickets.lua).
 #
 #   loadtest/bench.sh [--ack wal|commit|memory] [--duration 10] [--connections 50]
 #                     [--backlog 100000] [--label TEXT]
@@ -71,9 +71,10 @@ database_url="$server_url/$database"
 sql() { psql "$database_url" -qtAc "$1"; }
 
 export TICKETS_ZIPF_S="$zipf" TICKETS_MALFORMED="$malformed"
+script=loadtest/tickets.lua
 case "$traffic" in
-    sample) script=loadtest/sample.lua ;;
-    realistic) script=loadtest/tickets.lua ;;
+    sample) export TICKETS_FILE=loadtest/ticket.txt ;;
+    realistic) ;;
     *) echo "--traffic sample|realistic" >&2; exit 2 ;;
 esac
 wrk_run() { # URL OUTPUT

@@ -21,8 +21,8 @@ while [ $# -gt 0 ]; do
         *) sed -n '2,10p' "$0"; exit 2 ;;
     esac
 done
-script=loadtest/sample.lua
-[ "$traffic" = realistic ] && script=loadtest/tickets.lua
+script=loadtest/tickets.lua
+[ "$traffic" = sample ] && export TICKETS_FILE=loadtest/ticket.txt
 for tool in wrk gnuplot; do
     command -v "$tool" >/dev/null && continue
     [ "$(id -u)" -eq 0 ] || { echo "$tool is missing: sudo apt-get install $tool" >&2; exit 1; }

@@ -11,6 +11,8 @@
 --   TICKETS_ZIPF_S      Zipf exponent, 0 = uniform (default 1.1)
 --   TICKETS_MALFORMED   share of malformed tickets, 0..1 (default 0.02)
 --   TICKETS_POOL        distinct bodies prepared per thread (default 4096)
+--   TICKETS_FILE        post this file on every request instead (e.g. the
+--                       sample loadtest/ticket.txt, like the old `hey -D`)
 -- At the end it prints the count of each status code, e.g. `status 202: 512345`.
 
 local catalogue = tonumber(os.getenv("TICKETS_CATALOGUE") or "5000")
@@ -79,7 +81,20 @@ local function malformed(order, cdf)
    return "<html><body>502 Bad Gateway</body></html>\n" -- a proxy's error page
 end
 
+local function read_file(path)
+   local file = assert(io.open(path, "rb"))
+   local content = file:read("*a")
+   file:close()
+   return content
+end
+
 function init(args)
+   statuses = {}
+   next_body = 0
+   if os.getenv("TICKETS_FILE") then
+      bodies, pool_size = { read_file(os.getenv("TICKETS_FILE")) }, 1
+      return
+   end
    math.randomseed(os.time() * 1000 + (id or 0))
    local cdf = zipf_cdf(catalogue, zipf_s)
    bodies = {}
@@ -91,8 +106,6 @@ function init(args)
          bodies[i] = ticket(base + i, cdf)
       end
    end
-   next_body = 0
-   statuses = {}
 end
 
 function request()
