@@ -21,7 +21,10 @@
 //! log, which deletes a segment once all its records are committed.
 //!
 //! At shutdown the writers keep going until the admission budget is closed
-//! and every permit was given back, i.e. every accepted ticket is committed.
+//! and every permit was given back, i.e. every accepted ticket is committed —
+//! except that a batch whose tickets are all in the WAL is not retried once
+//! the service is shutting down: the database may be down for long, and the
+//! next start replays those tickets.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -116,7 +119,8 @@ impl Writers {
                 database_url: database_url.to_string(),
                 tuning: Arc::clone(&tuning),
                 connection: None,
-                unstorable: Vec::new(),
+                not_committed: Vec::new(),
+                in_wal: false,
                 runtime,
             };
             let handle = std::thread::Builder::new().name(format!("writer-{number}")).spawn(move || writer.run())?;
@@ -144,9 +148,11 @@ struct Writer {
     database_url: String,
     tuning: Arc<BatchTuning>,
     connection: Option<PgConnection>,
-    /// Tickets of the current batch that could not be stored at all; their
-    /// WAL records are kept for the next start.
-    unstorable: Vec<uuid::Uuid>,
+    /// Tickets of the current batch that were not committed (unstorable, or
+    /// left to the next start at shutdown); their WAL records are kept.
+    not_committed: Vec<uuid::Uuid>,
+    /// Every ticket of the current batch is in the WAL.
+    in_wal: bool,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -195,6 +201,7 @@ impl Writer {
     fn flush(&mut self, batch: &[Job]) {
         let started = Instant::now();
         let tickets: Vec<&NewTicket> = batch.iter().map(|job| &job.ticket).collect();
+        self.in_wal = batch.iter().all(|job| job.wal_seq.is_some());
         self.write_until_stored(&tickets);
         self.metrics.batch_size.observe(batch.len() as f64);
         self.metrics.flush_duration.observe(started.elapsed().as_secs_f64());
@@ -206,6 +213,13 @@ impl Writer {
         loop {
             match self.try_write(tickets) {
                 Ok(written) => return self.count_written(written),
+                Err(WriteError::Transient(error)) if self.in_wal && self.admission.is_closed() => {
+                    // Shutting down and the database is unavailable: these
+                    // tickets are in the WAL, the next start writes them.
+                    tracing::warn!(message = "database unavailable at shutdown, batch left in the WAL for the next start", tickets = tickets.len(), %error);
+                    self.not_committed.extend(tickets.iter().map(|ticket| ticket.id));
+                    return;
+                }
                 Err(WriteError::Transient(error)) => {
                     attempt = attempt.saturating_add(1);
                     self.wait_before_retry(attempt, &error);
@@ -258,7 +272,7 @@ impl Writer {
                     // a schema problem, not the ticket's. Keep it loud.
                     self.metrics.db_errors.get_or_create(&KindLabels { kind: "unstorable" }).inc();
                     tracing::error!(message = "ticket could not be stored even as invalid, kept in the WAL", id = %ticket.id, %error);
-                    self.unstorable.push(ticket.id);
+                    self.not_committed.push(ticket.id);
                     return;
                 }
             }
@@ -296,7 +310,7 @@ impl Writer {
         let mut committed = Vec::with_capacity(batch.len());
         for job in batch {
             if let Some(seq) = job.wal_seq {
-                if !self.unstorable.contains(&job.ticket.id) {
+                if !self.not_committed.contains(&job.ticket.id) {
                     committed.push(seq);
                 }
             }
@@ -305,7 +319,7 @@ impl Writer {
                 let _ = reply.send(());
             }
         }
-        self.unstorable.clear();
+        self.not_committed.clear();
         self.wal.committed(committed);
     }
 

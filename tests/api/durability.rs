@@ -85,3 +85,26 @@ async fn an_outage_then_kill_9_then_restart_still_stores_every_acknowledged_tick
     assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
     drop(restarted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_outage_with_ack_wal_exits_0_and_the_next_start_stores_every_acknowledged_ticket() {
+    let database_url = fresh_database().await;
+    let wal_dir = temp_dir("wal");
+    let proxy = DbProxy::start(&database_url).await;
+    let service = ServiceProcess::start(&proxy.url(&database_url), &wal_dir, AckMode::Wal, &[]).await;
+    proxy.cut();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(run_load(service.address.clone(), 10, 300, 1, Arc::clone(&stop)));
+    let outcome = load.await.expect("load");
+
+    service.signal("TERM");
+    let exit_code = service.wait_exit(Duration::from_secs(20)).await;
+    proxy.restore();
+    let restarted = ServiceProcess::start(&database_url, &wal_dir, AckMode::Wal, &[]).await;
+
+    assert_eq!(exit_code, Some(0), "shutdown does not wait for the database when the WAL holds the tickets");
+    assert_eq!(outcome.accepted.len(), 300, "acknowledged from the WAL while the database was down");
+    let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+    drop(restarted);
+}
