@@ -46,6 +46,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// PostgreSQL URL; `DATABASE_URL` is used when this is unset.
     pub database_url: Option<String>,
+    /// Threads of the HTTP runtime; 0 means one per CPU core.
+    pub http_threads: usize,
     /// Connections of the shared pool (migrations, readiness checks).
     /// Each writer has its own connection on top of these.
     pub db_pool_size: u32,
@@ -96,6 +98,7 @@ impl Default for Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 9098)),
             database_url: None,
+            http_threads: 0,
             db_pool_size: 4,
             ack: AckMode::Wal,
             queue_capacity: 20_000,
@@ -122,8 +125,9 @@ impl Default for Settings {
 
 /// Every key, as spelled in the file; the environment is filtered to these
 /// so that unrelated `TICKET_INGEST_*` variables are not mistaken for typos.
-pub const KEYS: [&str; 22] = [
+pub const KEYS: [&str; 23] = [
     "listen",
+    "http_threads",
     "database_url",
     "db_pool_size",
     "ack",
@@ -181,6 +185,7 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        at_most("http_threads", self.http_threads as u64, 256)?;
         at_least("db_pool_size", self.db_pool_size as u64, 1)?;
         at_least("queue_capacity", self.queue_capacity as u64, 1)?;
         at_least("writers", self.writers as u64, 1)?;

@@ -122,7 +122,11 @@ fn run(command: Command, settings: Settings, loader: reload::Loader) -> anyhow::
         return Ok(());
     }
     let set_log_level = telemetry::init(settings.log_format, &settings.log_level);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if settings.http_threads > 0 {
+        builder.worker_threads(settings.http_threads);
+    }
+    let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
         match command {
             Command::Migrate => migrate(&settings).await,
