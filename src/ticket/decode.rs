@@ -1,11 +1,15 @@
 //! Bytes to text: BOM sniffing, UTF-8, UTF-16, the Windows-1252 fallback,
 //! NUL padding and binary junk detection.
 
-use super::*;
+use std::borrow::Cow;
+
+use encoding_rs::{UTF_16BE, UTF_16LE, WINDOWS_1252};
+
+use super::Problems;
 
 /// Magic numbers of formats sent by mistake (a gzip body without its
 /// `Content-Encoding`, an image or PDF of the receipt …).
-pub(super) const MAGIC_NUMBERS: [(&[u8], &str); 8] = [
+const MAGIC_NUMBERS: [(&[u8], &str); 8] = [
     (b"\x1f\x8b", "gzip"),
     (b"PK\x03\x04", "zip"),
     (b"\x28\xb5\x2f\xfd", "zstd"),
@@ -52,7 +56,7 @@ pub(super) fn decode<'a>(raw: &'a [u8], problems: &mut Problems) -> Option<Cow<'
 }
 
 /// BOM sniffing, then UTF-8, then the Windows-1252 fallback.
-pub(super) fn decode_text<'a>(raw: &'a [u8], problems: &mut Problems) -> Cow<'a, str> {
+fn decode_text<'a>(raw: &'a [u8], problems: &mut Problems) -> Cow<'a, str> {
     if let Some(body) = raw.strip_prefix(b"\xef\xbb\xbf") {
         return utf8_or_legacy(body, problems);
     }
@@ -67,7 +71,7 @@ pub(super) fn decode_text<'a>(raw: &'a [u8], problems: &mut Problems) -> Cow<'a,
     utf8_or_legacy(raw, problems)
 }
 
-pub(super) fn utf8_or_legacy<'a>(raw: &'a [u8], problems: &mut Problems) -> Cow<'a, str> {
+fn utf8_or_legacy<'a>(raw: &'a [u8], problems: &mut Problems) -> Cow<'a, str> {
     match std::str::from_utf8(raw) {
         Ok(text) => Cow::Borrowed(text),
         Err(error) => {
@@ -85,7 +89,7 @@ pub(super) fn utf8_or_legacy<'a>(raw: &'a [u8], problems: &mut Problems) -> Cow<
 
 /// Drops trailing NULs (and the whitespace around them); returns how many
 /// NULs there were.
-pub(super) fn strip_nul_padding(text: &mut Cow<'_, str>) -> usize {
+fn strip_nul_padding(text: &mut Cow<'_, str>) -> usize {
     let kept = text.trim_end_matches(|c: char| c == '\0' || c.is_whitespace()).len();
     let nuls = text.get(kept..).map_or(0, |tail| tail.bytes().filter(|&b| b == 0).count());
     if nuls > 0 {
@@ -99,7 +103,7 @@ pub(super) fn strip_nul_padding(text: &mut Cow<'_, str>) -> usize {
 
 /// `Some(message)` when the text is mostly not text. Counts bytes: control
 /// characters are ASCII, and chars are the bytes that start a character.
-pub(super) fn binary_text(text: &str) -> Option<String> {
+fn binary_text(text: &str) -> Option<String> {
     let (mut controls, mut chars) = (0usize, 0usize);
     for b in text.bytes() {
         chars += usize::from(b & 0xC0 != 0x80);

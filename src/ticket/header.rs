@@ -1,7 +1,10 @@
 //! The `Key: value` header: Order, VAT and Total, each seen at most once
 //! (a repeat must agree), with their problems.
 
-use super::*;
+use rust_decimal::Decimal;
+
+use super::money::{money_message, parse_money, MoneyError};
+use super::{Excerpt, Line, ParsedTicket, Problems, Status, MAX_ID_BYTES};
 
 /// One header value: never seen, understood, or unusable (bad, empty or
 /// conflicting — the problem is already recorded).
@@ -16,7 +19,7 @@ pub(super) enum Slot<T> {
 impl<T: PartialEq> Slot<T> {
     /// Records a value; returns `false` when it conflicts with an earlier
     /// different one (the slot then becomes unusable).
-    pub(super) fn offer(&mut self, value: T) -> bool {
+    fn offer(&mut self, value: T) -> bool {
         match self {
             Slot::Absent => *self = Slot::Value(value),
             Slot::Value(current) if *current == value => {}
@@ -29,7 +32,7 @@ impl<T: PartialEq> Slot<T> {
         true
     }
 
-    pub(super) fn value(self) -> Option<T> {
+    fn value(self) -> Option<T> {
         match self {
             Slot::Value(value) => Some(value),
             Slot::Absent | Slot::Unusable => None,
@@ -40,22 +43,21 @@ impl<T: PartialEq> Slot<T> {
 /// The header values, borrowed from the text.
 #[derive(Default)]
 pub(super) struct Header<'a> {
-    pub(super) order: Slot<&'a str>,
-    pub(super) vat: Slot<Decimal>,
+    order: Slot<&'a str>,
+    vat: Slot<Decimal>,
     pub(super) total: Slot<Decimal>,
 }
 
 /// The names of the money keys in codes and messages.
-pub(super) struct MoneyKey {
-    pub(super) name: &'static str,
-    pub(super) missing: &'static str,
-    pub(super) bad: &'static str,
-    pub(super) conflicting: &'static str,
+struct MoneyKey {
+    name: &'static str,
+    missing: &'static str,
+    bad: &'static str,
+    conflicting: &'static str,
 }
 
-pub(super) const VAT: MoneyKey =
-    MoneyKey { name: "VAT", missing: "missing_vat", bad: "bad_vat", conflicting: "conflicting_vat" };
-pub(super) const TOTAL: MoneyKey =
+const VAT: MoneyKey = MoneyKey { name: "VAT", missing: "missing_vat", bad: "bad_vat", conflicting: "conflicting_vat" };
+const TOTAL: MoneyKey =
     MoneyKey { name: "Total", missing: "missing_total", bad: "bad_total", conflicting: "conflicting_total" };
 
 impl<'a> Header<'a> {
@@ -71,7 +73,7 @@ impl<'a> Header<'a> {
         }
     }
 
-    pub(super) fn read_order(&mut self, line: u32, value: &'a str, problems: &mut Problems) {
+    fn read_order(&mut self, line: u32, value: &'a str, problems: &mut Problems) {
         let refused = if value.is_empty() {
             Some(("missing_order", "the Order line has no value".to_owned()))
         } else if value.contains('\0') {
@@ -118,7 +120,7 @@ impl<'a> Header<'a> {
     }
 }
 
-pub(super) fn read_money(slot: &mut Slot<Decimal>, key: &MoneyKey, line: u32, value: &str, problems: &mut Problems) {
+fn read_money(slot: &mut Slot<Decimal>, key: &MoneyKey, line: u32, value: &str, problems: &mut Problems) {
     let refused = match parse_money(value) {
         Err(MoneyError::Empty) => Some((key.missing, format!("the {} line has no value", key.name))),
         Err(error) => Some((key.bad, money_message(key.name, value, error))),

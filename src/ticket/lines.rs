@@ -1,12 +1,12 @@
 //! Physical lines (CRLF, LF or CR) and the fields of one CSV line, with
 //! quoting; a quoted field never spans lines.
 
-use super::*;
+use std::borrow::Cow;
 
 /// Physical lines with their 1-based numbers; CRLF, LF and CR end a line.
 pub(super) struct PhysicalLines<'a> {
-    pub(super) rest: &'a str,
-    pub(super) number: u32,
+    rest: &'a str,
+    number: u32,
 }
 
 impl<'a> PhysicalLines<'a> {
@@ -99,7 +99,7 @@ pub(super) fn split_fields<'a>(
 
 /// Reads a quoted field whose content starts at `from`; returns it and the
 /// index just after the closing quote.
-pub(super) fn read_quoted(line: &str, from: usize) -> Result<(Cow<'_, str>, usize), QuoteError> {
+fn read_quoted(line: &str, from: usize) -> Result<(Cow<'_, str>, usize), QuoteError> {
     let bytes = line.as_bytes();
     let mut unescaped: Option<String> = None;
     let (mut segment, mut search) = (from, from);
@@ -124,5 +124,40 @@ pub(super) fn read_quoted(line: &str, from: usize) -> Result<(Cow<'_, str>, usiz
             };
             return Ok((field, quote + 1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn physical_lines_end_at_crlf_lf_and_cr() {
+        let lines: Vec<_> = PhysicalLines::new("a\r\nb\nc\rd\r\n\r\ne").collect();
+        assert_eq!(lines, [(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, ""), (6, "e")]);
+        assert_eq!(PhysicalLines::new("a\n").count(), 1);
+        assert_eq!(PhysicalLines::new("").count(), 0);
+        assert_eq!(PhysicalLines::new("\r").collect::<Vec<_>>(), [(1, "")]);
+    }
+
+    fn fields(line: &str, delimiter: u8) -> Result<Vec<String>, QuoteError> {
+        let mut out = Vec::new();
+        split_fields(line, delimiter, |_, f| out.push(f.into_owned()))?;
+        Ok(out)
+    }
+
+    #[test]
+    fn fields_understand_quotes_and_escapes() {
+        assert_eq!(fields("a,b,c", b','), Ok(vec!["a".into(), "b".into(), "c".into()]));
+        assert_eq!(
+            fields(r#" "Menu, midi" ,x,"14,90""#, b','),
+            Ok(vec!["Menu, midi".into(), "x".into(), "14,90".into()])
+        );
+        assert_eq!(fields(r#""Le ""grand"" café",x"#, b','), Ok(vec![r#"Le "grand" café"#.into(), "x".into()]));
+        assert_eq!(fields(r#"Pizza 12",x"#, b','), Ok(vec![r#"Pizza 12""#.into(), "x".into()]));
+        assert_eq!(fields("a,,", b','), Ok(vec!["a".into(), "".into(), "".into()]));
+        assert_eq!(fields("\ta\t\tb", b'\t'), Ok(vec!["".into(), "a".into(), "".into(), "b".into()]));
+        assert_eq!(fields(r#""Menu, midi,x"#, b','), Err(QuoteError::Unterminated));
+        assert_eq!(fields(r#""Menu" midi,x"#, b','), Err(QuoteError::TextAfterQuote));
     }
 }

@@ -1,7 +1,9 @@
 //! Exact money: what a price, VAT or total may look like, and what is
 //! refused rather than guessed.
 
-use super::*;
+use rust_decimal::Decimal;
+
+use super::Excerpt;
 
 /// Why a money value was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +21,7 @@ pub(super) enum MoneyError {
 
 /// Largest number of integer digits (after leading zeros) that fits
 /// `NUMERIC(12,2)`.
-pub(super) const MAX_INTEGER_DIGITS: usize = 10;
+const MAX_INTEGER_DIGITS: usize = 10;
 
 /// Parses money exactly; the result always has scale 2. See the module
 /// documentation for what is accepted.
@@ -65,7 +67,7 @@ pub(super) fn parse_money(input: &str) -> Result<Decimal, MoneyError> {
 }
 
 /// Removes one `€` at either end, with the spaces next to it.
-pub(super) fn strip_euro(s: &str) -> (&str, bool) {
+fn strip_euro(s: &str) -> (&str, bool) {
     if let Some(rest) = s.strip_prefix('€') {
         (rest.trim_start(), true)
     } else if let Some(rest) = s.strip_suffix('€') {
@@ -76,7 +78,7 @@ pub(super) fn strip_euro(s: &str) -> (&str, bool) {
 }
 
 /// Splits at the one decimal separator, if any.
-pub(super) fn split_decimal(s: &str) -> Result<(&str, Option<&str>), MoneyError> {
+fn split_decimal(s: &str) -> Result<(&str, Option<&str>), MoneyError> {
     let mut separators = s.match_indices(['.', ',']);
     match (separators.next(), separators.next()) {
         (None, _) => Ok((s, None)),
@@ -99,6 +101,76 @@ pub(super) fn money_message(what: &str, raw: &str, error: MoneyError) -> String 
         }
         MoneyError::OutOfRange => {
             format!("{what} {raw} is too large: the absolute value must be below 10^10 (NUMERIC(12,2))")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn dec(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn money_accepts_plain_signed_comma_and_euro_forms() {
+        for (input, expected) in [
+            ("2", "2.00"),
+            ("2.5", "2.50"),
+            ("14.90", "14.90"),
+            ("14,90", "14.90"),
+            (" 2.00 ", "2.00"),
+            ("\u{a0}2,00\u{202f}€", "2.00"),
+            ("-2.00", "-2.00"),
+            ("+2.00", "2.00"),
+            ("-0.00", "0.00"),
+            (".50", "0.50"),
+            ("€2", "2.00"),
+            ("2 €", "2.00"),
+            ("€ -2", "-2.00"),
+            ("-€2.00", "-2.00"),
+            ("-2.00 €", "-2.00"),
+            ("0009999999999.99", "9999999999.99"),
+            ("-9999999999.99", "-9999999999.99"),
+        ] {
+            assert_eq!(parse_money(input), Ok(dec(expected)), "input {input:?}");
+            assert_eq!(parse_money(input).map(|d| d.scale()), Ok(2), "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn money_refuses_what_it_would_have_to_guess() {
+        use MoneyError::*;
+        for (input, expected) in [
+            ("", Empty),
+            ("   ", Empty),
+            ("abc", Malformed),
+            ("5.", Malformed),
+            (".", Malformed),
+            ("-", Malformed),
+            ("€", Malformed),
+            ("1e5", Malformed),
+            ("- 2", Malformed),
+            ("--2", Malformed),
+            ("(2.00)", Malformed),
+            ("$2.00", Malformed),
+            ("2.00 EUR", Malformed),
+            ("€2€", Malformed),
+            ("1 234,50", Malformed),
+            ("١٢", Malformed),
+            ("1,234.50", Grouping),
+            ("1.234,50", Grouping),
+            ("1.2.3", Grouping),
+            ("1.234", Precision(3)),
+            ("1,234", Precision(3)),
+            ("14.900", Precision(3)),
+            ("10000000000", OutOfRange),
+            ("-10000000000.00", OutOfRange),
+            ("99999999999999999999999999999999", OutOfRange),
+        ] {
+            assert_eq!(parse_money(input), Err(expected), "input {input:?}");
         }
     }
 }

@@ -1,7 +1,14 @@
 //! The product table: finding the header row, its columns by name, and
 //! reading each record into a `Line` or a problem.
 
-use super::*;
+use std::borrow::Cow;
+
+use super::lines::{split_fields, QuoteError};
+use super::money::{money_message, parse_money, MoneyError};
+use super::{counted, line_no, Excerpt, Line, Problems, MAX_ID_BYTES};
+
+/// Delimiters a header row may use, in order of preference.
+const DELIMITERS: [u8; 3] = [b',', b';', b'\t'];
 
 /// Where the columns are, from the header row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,20 +18,20 @@ pub(super) struct Table {
     pub(super) delimiter: u8,
     /// Number of fields of the header row, hence of every record.
     pub(super) width: usize,
-    pub(super) product_id: usize,
-    pub(super) price: usize,
+    product_id: usize,
+    price: usize,
     pub(super) name: Option<usize>,
 }
 
 /// Where one named column was seen, and how often.
 #[derive(Default, Clone, Copy)]
-pub(super) struct Seen {
-    pub(super) first: Option<usize>,
-    pub(super) count: usize,
+struct Seen {
+    first: Option<usize>,
+    count: usize,
 }
 
 impl Seen {
-    pub(super) fn see(&mut self, index: usize) {
+    fn see(&mut self, index: usize) {
         self.first.get_or_insert(index);
         self.count += 1;
     }
@@ -160,4 +167,19 @@ pub(super) fn read_record<'t>(
 /// A record with no data at all: only delimiters, quotes-free, and spaces.
 pub(super) fn is_empty_record(record: &str, delimiter: u8) -> bool {
     record.bytes().all(|b| b == delimiter || b.is_ascii_whitespace())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_rows_are_found_by_name_in_any_order_and_delimiter() {
+        let table = header_row(5, " PRICE ,\"Product\",product_id,qty").unwrap().unwrap();
+        assert_eq!((table.delimiter, table.width, table.product_id, table.price, table.name), (b',', 4, 2, 0, Some(1)));
+        assert_eq!(header_row(1, "product;product_id;price").unwrap().unwrap().delimiter, b';');
+        assert_eq!(header_row(1, "product,product_id,price,price"), Some(Err("price")));
+        assert_eq!(header_row(1, "item,id,amount"), None);
+        assert_eq!(header_row(1, "Order: 1"), None);
+    }
 }
