@@ -1,116 +1,188 @@
 #!/usr/bin/env bash
 # A private PostgreSQL cluster from the machine's own PostgreSQL binaries.
 #
-# Sourced by the other scripts for its functions (pg_start, pg_stop, pg_url),
-# or run directly against the repository's own cluster in .data/pg:
+# Sourced by the other scripts for its functions:
+#   pg_start DATA_DIR PORT   initialise (once) and start on 127.0.0.1:PORT
+#   pg_stop DATA_DIR         stop it (fast shutdown)
+#   pg_url PORT DBNAME       create the database when missing, print its URL
+#   pg_free_port START       first port from START on where nothing listens
+# or run directly against the repository's own cluster in .data/pg
+# (port 5499, or TICKET_INGEST_PG_PORT):
 #   scripts/pg.sh start|stop|status|url
 #
-# As root, PostgreSQL runs as the `postgres` user. That user cannot enter a
-# root-only directory (root's home is mode 700), so the data directory then
-# lives under /var/tmp/ticket-ingest/ and the requested path is a symlink to it.
+# As root, PostgreSQL runs as the `postgres` user (created when missing).
+# That user cannot enter a root-only directory (root's home is mode 700), so
+# the data directory then lives under /var/tmp/ticket-ingest/<hash>/ and the
+# requested path is a symlink to it. fsync and synchronous_commit stay on:
+# the service acknowledges tickets on the strength of them.
 
 PG_USER_AS_ROOT=postgres
+PG_FALLBACK_ROOT=/var/tmp/ticket-ingest
 
-# Puts the PostgreSQL binaries on PATH, installing Debian's package when
-# they are missing and we are root.
+# Sets PG_BINDIR to the PostgreSQL server binaries: `pg_config --bindir`, else
+# the newest /usr/lib/postgresql/*/bin. Installs Debian's package when there
+# are none and we are root; otherwise says what to install and fails.
 pg_find_binaries() {
+    [ -n "${PG_BINDIR:-}" ] && [ -x "$PG_BINDIR/initdb" ] && return 0
     local bindir=""
-    if command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ]; then
-        bindir="$(pg_config --bindir)"
-    else
-        bindir="$(printf "%s\n" /usr/lib/postgresql/*/bin | grep -v "\*" | sort -V | tail -n 1 || true)"
+    if command -v pg_config >/dev/null 2>&1; then
+        bindir="$(pg_config --bindir 2>/dev/null || true)"
     fi
     if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ]; then
+        bindir="$(pg_newest_bindir)"
+    fi
+    if [ -z "$bindir" ]; then
         if [ "$(id -u)" -ne 0 ]; then
-            echo "PostgreSQL server binaries not found. Install them (Debian: sudo apt-get install postgresql) or set TICKET_INGEST_DATABASE_URL." >&2
+            echo "PostgreSQL server binaries (initdb, pg_ctl) not found." >&2
+            echo "Install them: sudo apt-get install postgresql   (Debian/Ubuntu)" >&2
+            echo "or point the service at a database with TICKET_INGEST_DATABASE_URL." >&2
             return 1
         fi
         echo "==> installing PostgreSQL (Debian package postgresql)" >&2
         DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
-        bindir="$(printf "%s\n" /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+        bindir="$(pg_newest_bindir)"
+        if [ -z "$bindir" ]; then
+            echo "apt-get installed postgresql but no /usr/lib/postgresql/*/bin/initdb appeared" >&2
+            return 1
+        fi
     fi
     PG_BINDIR="$bindir"
 }
 
-# Runs a PostgreSQL binary as the cluster's owner.
+pg_newest_bindir() {
+    local dir
+    for dir in /usr/lib/postgresql/*/bin; do
+        [ -x "$dir/initdb" ] && echo "$dir"
+    done | sort -V | tail -n 1
+}
+
+pg_is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# Runs a command as the cluster's owner: `postgres` when we are root (from /,
+# since that user may not be allowed into the current directory), else us.
 pg_as_owner() {
-    if [ "$(id -u)" -eq 0 ]; then
-        # From /: the owner may not be allowed into the current directory.
+    if pg_is_root; then
         (cd / && runuser -u "$PG_USER_AS_ROOT" -- "$@")
     else
         "$@"
     fi
 }
 
-# True when `postgres` can reach (traverse) every parent of $1.
+pg_ensure_owner_user() {
+    pg_is_root || return 0
+    id -u "$PG_USER_AS_ROOT" >/dev/null 2>&1 && return 0
+    echo "==> creating the system user $PG_USER_AS_ROOT" >&2
+    useradd --system --user-group --home-dir /var/lib/postgresql --shell /bin/bash "$PG_USER_AS_ROOT"
+}
+
+# True when the cluster's owner can reach (traverse) the deepest existing
+# directory on the way to $1.
 pg_reachable_by_owner() {
     local dir
     dir="$(dirname "$1")"
     while [ ! -d "$dir" ]; do dir="$(dirname "$dir")"; done
-    (cd / && runuser -u "$PG_USER_AS_ROOT" -- test -x "$dir")
+    pg_as_owner test -x "$dir"
 }
 
-# Makes sure $1 is a data directory the cluster's owner can use; prints the
-# real path.
+# Makes DATA_DIR usable as a data directory by the cluster's owner and prints
+# the real path (the symlink's target when DATA_DIR is or becomes a symlink).
 pg_prepare_dir() {
-    local requested="$1"
-    if [ "$(id -u)" -ne 0 ]; then
+    local requested="$1" real hash
+    if ! pg_is_root; then
         mkdir -p "$requested"
         chmod 700 "$requested"
         echo "$requested"
         return
     fi
-    id -u "$PG_USER_AS_ROOT" >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash "$PG_USER_AS_ROOT"
-    local real="$requested"
+    pg_ensure_owner_user
+    # Absolute and canonical, without following DATA_DIR itself.
+    requested="$(readlink -m "$(dirname "$requested")")/$(basename "$requested")"
     if [ -L "$requested" ]; then
-        real="$(readlink -f "$requested")"
-    elif ! pg_reachable_by_owner "$requested"; then
-        local hash
-        hash="$(printf '%s' "$(readlink -m "$requested")" | sha1sum | cut -c1-12)"
-        real="/var/tmp/ticket-ingest/$hash/pg"
-        mkdir -p "$(dirname "$requested")"
+        real="$(readlink -m "$requested")"
+    elif (umask 022 && mkdir -p "$(dirname "$requested")") && pg_reachable_by_owner "$requested"; then
+        real="$requested"
+    else
+        hash="$(printf '%s' "$requested" | sha1sum | cut -c1-12)"
+        real="$PG_FALLBACK_ROOT/$hash/pg"
+        if [ -e "$requested" ] && [ ! -L "$requested" ]; then
+            rmdir "$requested" 2>/dev/null || {
+                echo "$requested exists and $PG_USER_AS_ROOT cannot reach it; move it away" >&2
+                return 1
+            }
+        fi
         ln -sfn "$real" "$requested"
+        echo "==> $PG_USER_AS_ROOT cannot reach $(dirname "$requested"): data in $real, $requested links to it" >&2
     fi
-    mkdir -p "$real"
-    chmod 755 /var/tmp/ticket-ingest 2>/dev/null || true
-    chown "$PG_USER_AS_ROOT" "$real"
+    (umask 022 && mkdir -p "$real")
+    if [[ "$real" == "$PG_FALLBACK_ROOT"/* ]]; then
+        chmod 755 "$PG_FALLBACK_ROOT" "$(dirname "$real")"
+    fi
+    if [ "$(stat -c %U "$real")" != "$PG_USER_AS_ROOT" ]; then
+        chown -R "$PG_USER_AS_ROOT:" "$real"
+    fi
     chmod 700 "$real"
     echo "$real"
 }
 
-# pg_start DATA_DIR PORT: initialises (once) and starts a cluster on
-# 127.0.0.1:PORT. Does nothing when it already runs.
+# The real data directory behind DATA_DIR (which may be a symlink).
+pg_real_dir() { readlink -m "$1"; }
+
+# pg_start DATA_DIR PORT: initialises the cluster when needed and starts it
+# on 127.0.0.1:PORT, socket and server.log in the data directory. Does
+# nothing when a server already runs on that data directory.
 pg_start() {
-    local requested="$1" port="$2" data
+    local requested="$1" port="$2" data running_port
     pg_find_binaries || return 1
-    data="$(pg_prepare_dir "$requested")"
+    data="$(pg_prepare_dir "$requested")" || return 1
     if [ ! -f "$data/PG_VERSION" ]; then
-        pg_as_owner "$PG_BINDIR/initdb" -D "$data" -U postgres -A trust --encoding=UTF8 --locale=C >"$data.initdb.log" 2>&1 \
-            || { cat "$data.initdb.log" >&2; return 1; }
+        echo "==> initdb $data" >&2
+        if ! pg_as_owner "$PG_BINDIR/initdb" -D "$data" -U postgres -A trust \
+            --encoding=UTF8 --locale=C >"$data.initdb.log" 2>&1; then
+            cat "$data.initdb.log" >&2
+            return 1
+        fi
     fi
     if pg_as_owner "$PG_BINDIR/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+        running_port="$(sed -n 4p "$data/postmaster.pid" 2>/dev/null || true)"
+        if [ -n "$running_port" ] && [ "$running_port" != "$port" ]; then
+            echo "warning: the cluster in $data already runs, on port $running_port (not $port)" >&2
+        fi
         return 0
     fi
-    # fsync and synchronous_commit stay on: acknowledged tickets depend on them.
-    pg_as_owner "$PG_BINDIR/pg_ctl" -D "$data" -w -t 60 -l "$data/server.log" \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $data -c max_connections=200 -c shared_buffers=256MB" \
-        start >/dev/null || { tail -n 20 "$data/server.log" >&2; return 1; }
+    # Throwaway/dev tuning, durability untouched: fsync and synchronous_commit
+    # are set on explicitly so no stray configuration can turn them off.
+    if ! pg_as_owner "$PG_BINDIR/pg_ctl" -D "$data" -w -t 60 -l "$data/server.log" \
+        -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='$data' \
+-c max_connections=200 -c shared_buffers=256MB \
+-c fsync=on -c synchronous_commit=on -c full_page_writes=on \
+-c max_wal_size=2GB -c checkpoint_timeout=15min -c log_line_prefix='%m [%p] '" \
+        start >/dev/null; then
+        echo "PostgreSQL failed to start; the end of $data/server.log:" >&2
+        tail -n 20 "$data/server.log" >&2
+        return 1
+    fi
 }
 
+# pg_stop DATA_DIR: stops the cluster when it runs.
 pg_stop() {
-    local requested="$1" data
+    local data
     pg_find_binaries || return 1
-    data="$(readlink -f "$requested" 2>/dev/null || echo "$requested")"
+    data="$(pg_real_dir "$1")"
     [ -f "$data/PG_VERSION" ] || return 0
-    pg_as_owner "$PG_BINDIR/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true
+    pg_as_owner "$PG_BINDIR/pg_ctl" -D "$data" status >/dev/null 2>&1 || return 0
+    pg_as_owner "$PG_BINDIR/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null
 }
 
-# pg_url PORT DBNAME: creates the database when missing, prints its URL.
+# pg_url PORT DBNAME: creates database DBNAME when missing (on the server at
+# 127.0.0.1:PORT) and prints its URL.
 pg_url() {
-    local port="$1" db="$2"
-    if ! "$PG_BINDIR/psql" -h 127.0.0.1 -p "$port" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" postgres | grep -q 1; then
-        "$PG_BINDIR/createdb" -h 127.0.0.1 -p "$port" -U postgres "$db"
+    local port="$1" db="$2" exists
+    pg_find_binaries || return 1
+    exists="$(printf '%s\n' "SELECT 1 FROM pg_database WHERE datname = :'db'" |
+        "$PG_BINDIR/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -tA -v ON_ERROR_STOP=1 -v db="$db")" || return 1
+    if [ "$exists" != 1 ]; then
+        "$PG_BINDIR/createdb" -h 127.0.0.1 -p "$port" -U postgres "$db" || return 1
     fi
     echo "postgres://postgres@127.0.0.1:$port/$db"
 }
@@ -124,15 +196,20 @@ pg_server_for_load_tests() {
         return
     fi
     local port="${TICKET_INGEST_PG_PORT:-5499}"
-    pg_start "$1/.data/pg" "$port" >&2
+    pg_start "$1/.data/pg" "$port" >&2 || return 1
     echo "postgres://postgres@127.0.0.1:$port"
 }
 
-# pg_free_port START: the first port from START on where nothing listens.
+# pg_free_port START: the first port from START on where nothing listens on
+# 127.0.0.1.
 pg_free_port() {
     local port="$1"
     while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
         port=$((port + 1))
+        if [ "$port" -gt 65535 ]; then
+            echo "no free port from $1 on" >&2
+            return 1
+        fi
     done
     echo "$port"
 }
@@ -142,15 +219,37 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     data="$repo/.data/pg"
     port="${TICKET_INGEST_PG_PORT:-5499}"
+    pg_find_binaries || exit 1
+    running() { pg_as_owner "$PG_BINDIR/pg_ctl" -D "$(pg_real_dir "$data")" status >/dev/null 2>&1; }
     case "${1:-status}" in
-        start) pg_start "$data" "$port" && pg_url "$port" ticket_ingest ;;
-        stop) pg_stop "$data" && echo "stopped" ;;
-        url) pg_find_binaries && echo "postgres://postgres@127.0.0.1:$port/ticket_ingest" ;;
-        status)
-            pg_find_binaries
-            real="$(readlink -f "$data" 2>/dev/null || echo "$data")"
-            pg_as_owner "$PG_BINDIR/pg_ctl" -D "$real" status || true
+        start)
+            pg_start "$data" "$port"
+            pg_url "$port" ticket_ingest
             ;;
-        *) echo "usage: scripts/pg.sh start|stop|status|url" >&2; exit 2 ;;
+        stop)
+            pg_stop "$data"
+            echo "stopped ($data)"
+            ;;
+        url)
+            if running; then
+                pg_url "$port" ticket_ingest
+            else
+                echo "postgres://postgres@127.0.0.1:$port/ticket_ingest"
+                echo "(not running: scripts/pg.sh start)" >&2
+            fi
+            ;;
+        status)
+            if running; then
+                echo "running: $data -> $(pg_real_dir "$data"), postgres://postgres@127.0.0.1:$(sed -n 4p "$(pg_real_dir "$data")/postmaster.pid")/ticket_ingest"
+            else
+                echo "not running ($data)"
+                exit 3
+            fi
+            ;;
+        -h | --help | help) sed -n '2,17p' "$0" ;;
+        *)
+            echo "usage: scripts/pg.sh start|stop|status|url" >&2
+            exit 2
+            ;;
     esac
 fi

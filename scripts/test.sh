@@ -1,34 +1,65 @@
 #!/usr/bin/env bash
-# Runs every test: the deployment files (scripts/check-deploy.sh, which also
-# installs promtool for the metrics test), formatting, lints, unit tests, the
-# parser corpus and the API tests against a real PostgreSQL. A throwaway cluster is started in a
-# temporary directory (each API test creates its own database in it) and
-# removed at the end. Extra arguments go to `cargo test`.
+# Runs every test, from any directory:
+#   scripts/test.sh [EXTRA CARGO TEST ARGS...]
+# Starts a throwaway PostgreSQL cluster in a fresh temporary directory on a
+# free port, exports TEST_DATABASE_URL (the API tests create a database per
+# test from it), then, stopping at the first failure: the deployment files
+# (scripts/check-deploy.sh, which also installs promtool and haproxy used by
+# some tests), cargo fmt --check, cargo clippy --all-targets -D warnings,
+# cargo test --all-targets. The cluster is stopped and deleted on exit.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 # shellcheck source=scripts/pg.sh
 source scripts/pg.sh
-if [ "${CI:-}" = "true" ]; then export CARGO_TERM_COLOR=never; fi
+if [ "${CI:-}" = "true" ]; then
+    export CARGO_TERM_COLOR=never CARGO_TERM_PROGRESS_WHEN=never
+fi
 
-tmp="$(mktemp -d /var/tmp/ticket-ingest-test.XXXXXX)"
-chmod 755 "$tmp"
+step() { printf '\n==> %s\n' "$*"; }
+
+# As root the cluster runs as `postgres`, which must be able to reach it:
+# /var/tmp, not a TMPDIR that may sit in root's home.
+if [ "$(id -u)" -eq 0 ]; then
+    tmp="$(mktemp -d /var/tmp/ticket-ingest-test.XXXXXX)"
+    chmod 755 "$tmp"
+else
+    tmp="$(mktemp -d "${TMPDIR:-/tmp}/ticket-ingest-test.XXXXXX")"
+fi
 cleanup() {
-    pg_stop "$tmp/pg"
-    rm -rf "$(readlink -f "$tmp/pg" 2>/dev/null || true)" "$tmp"
+    local status=$?
+    if [ "$status" -ne 0 ] && [ -f "$tmp/pg/server.log" ]; then
+        echo "--- last lines of the throwaway PostgreSQL's log ($tmp/pg/server.log):" >&2
+        tail -n 15 "$tmp/pg/server.log" >&2 || true
+    fi
+    pg_stop "$tmp/pg" || true
+    rm -rf "$(pg_real_dir "$tmp/pg")" "$tmp"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
-port="$(pg_free_port 55432)"
-echo "==> starting a throwaway PostgreSQL on 127.0.0.1:$port"
-pg_start "$tmp/pg" "$port"
+# A free port; another run may take it between the check and the start, so
+# try a few.
+port=55432
+for attempt in 1 2 3 4 5; do
+    port="$(pg_free_port "$port")"
+    step "starting a throwaway PostgreSQL on 127.0.0.1:$port ($tmp)"
+    if pg_start "$tmp/pg" "$port"; then
+        break
+    fi
+    [ "$attempt" -eq 5 ] && { echo "could not start PostgreSQL" >&2; exit 1; }
+    port=$((port + 1))
+done
 export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+echo "TEST_DATABASE_URL=$TEST_DATABASE_URL"
 
-echo "==> deployment files (compose, alert rules, dashboard)"
+step "deployment files: scripts/check-deploy.sh"
 scripts/check-deploy.sh
-echo "==> cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --check
-echo "==> cargo clippy --all-targets -- -D warnings"
+step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
-echo "==> cargo test --all-targets"
+step "cargo test --all-targets${*:+ $*}"
 cargo test --all-targets "$@"
+step "all checks passed"
