@@ -1,27 +1,38 @@
-//! SQL: one batch of tickets written in one transaction, one statement per
-//! table, whatever the batch size.
+//! SQL: one batch of tickets written atomically, one statement per table,
+//! whatever the batch size.
 //!
 //! Each statement binds whole columns as arrays and expands them with
 //! `UNNEST`, so the SQL text never depends on the batch size: the prepared
 //! statement is reused by every batch and PostgreSQL's 65 535-parameter
 //! limit never applies, even for a batch of 500 tickets of 2 000 lines.
 //!
-//! Order inside the transaction:
-//! 1. `tickets`, `ON CONFLICT DO NOTHING RETURNING id`: a replayed id or a
-//!    repeated idempotency key is skipped, and only the tickets actually
-//!    inserted go on to step 2 and 3, so nothing is stored twice.
-//! 2. `ticket_lines` of those tickets.
-//! 3. `products`, deduplicated inside the batch (the latest ticket wins) and
-//!    sorted by `product_id`, so that concurrent writers lock rows in the
-//!    same order and cannot deadlock. A row is only overwritten by a ticket
-//!    at least as recent as the one that wrote it, so a batch that commits
-//!    late never puts an older price back.
+//! Two ways to write a batch:
+//! - **Fast path**, [`WRITE_FRESH_BATCH`]: tickets, lines and products in
+//!   *one* statement (data-modifying CTEs), hence one round trip and one
+//!   implicit transaction. Live tickets have fresh UUIDv7 ids, so their
+//!   insert cannot conflict; if it does (a replayed ticket already stored, a
+//!   repeated idempotency key), the statement fails as a whole with a
+//!   unique violation and the batch goes the careful way.
+//! - **Careful path**, in one transaction:
+//!   1. `tickets`, `ON CONFLICT DO NOTHING RETURNING id`: a replayed id or a
+//!      repeated idempotency key is skipped, and only the tickets actually
+//!      inserted go on to step 2 and 3, so nothing is stored twice.
+//!   2. `ticket_lines` of those tickets.
+//!   3. `products` of those tickets.
+//!
+//! Products are deduplicated inside the batch (the latest ticket wins, the
+//! counts are summed) and sorted by `product_id`, so that concurrent writers
+//! lock rows in the same order and cannot deadlock. A row is only
+//! overwritten by a ticket at least as recent as the one that wrote it, so a
+//! batch that commits late never puts an older price back.
 
 use std::collections::{HashMap, HashSet};
 
 use bytes::Bytes;
 use rust_decimal::Decimal;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{Connection, PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -47,6 +58,8 @@ pub struct Written {
     pub lines: u64,
     pub products: u64,
 }
+
+type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
 
 const INSERT_TICKETS: &str = "
     INSERT INTO tickets (id, received_at, idempotency_key, status, order_id, vat, total, problems, raw)
@@ -74,13 +87,70 @@ const UPSERT_PRODUCTS: &str = "
         first_seen_at  = LEAST(p.first_seen_at, EXCLUDED.first_seen_at),
         times_seen     = p.times_seen + EXCLUDED.times_seen";
 
+/// The fast path: the three inserts above in one statement, the tickets'
+/// without `ON CONFLICT` so that a ticket already stored fails it whole.
+/// Sub-statements of a `WITH` all run, read or not; none reads another's
+/// rows (lines have no foreign key), so their order does not matter.
+const WRITE_FRESH_BATCH: &str = "
+    WITH new_tickets AS (
+        INSERT INTO tickets (id, received_at, idempotency_key, status, order_id, vat, total, problems, raw)
+        SELECT id, received_at, idempotency_key, status, order_id, vat, total, problems::jsonb, raw
+        FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+                    $6::numeric[], $7::numeric[], $8::text[], $9::bytea[])
+             AS t(id, received_at, idempotency_key, status, order_id, vat, total, problems, raw)
+    ), new_lines AS (
+        INSERT INTO ticket_lines (ticket_id, received_at, line_no, product_id, name, price)
+        SELECT * FROM UNNEST($10::uuid[], $11::timestamptz[], $12::int4[], $13::text[], $14::text[],
+                             $15::numeric[])
+    )
+    INSERT INTO products AS p (product_id, name, price, first_seen_at, last_seen_at, last_ticket_id, times_seen)
+    SELECT * FROM UNNEST($16::text[], $17::text[], $18::numeric[], $19::timestamptz[], $20::timestamptz[],
+                         $21::uuid[], $22::int8[])
+    ON CONFLICT (product_id) DO UPDATE SET
+        name           = CASE WHEN p.last_seen_at <= EXCLUDED.last_seen_at THEN EXCLUDED.name ELSE p.name END,
+        price          = CASE WHEN p.last_seen_at <= EXCLUDED.last_seen_at THEN EXCLUDED.price ELSE p.price END,
+        last_ticket_id = CASE WHEN p.last_seen_at <= EXCLUDED.last_seen_at
+                              THEN EXCLUDED.last_ticket_id ELSE p.last_ticket_id END,
+        last_seen_at   = GREATEST(p.last_seen_at, EXCLUDED.last_seen_at),
+        first_seen_at  = LEAST(p.first_seen_at, EXCLUDED.first_seen_at),
+        times_seen     = p.times_seen + EXCLUDED.times_seen";
+
+/// `unique_violation`: the fast path met a ticket that is already stored.
+const UNIQUE_VIOLATION: &str = "23505";
+
 /// Applies the migrations in `migrations/` that are not applied yet.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     sqlx::migrate!("./migrations").run(pool).await
 }
 
-/// Writes `batch` in one transaction; on error nothing of it is written.
+/// Writes `batch` atomically: on error nothing of it is written. Tickets
+/// already stored (same id or idempotency key) are skipped, not counted.
 pub async fn write_batch(connection: &mut PgConnection, batch: &[&NewTicket]) -> Result<Written, sqlx::Error> {
+    match write_fresh_batch(connection, batch).await {
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+            write_batch_skipping_stored(connection, batch).await
+        }
+        result => result,
+    }
+}
+
+/// The fast path, one statement; fails with a unique violation if any
+/// ticket of `batch` is already stored.
+pub async fn write_fresh_batch(connection: &mut PgConnection, batch: &[&NewTicket]) -> Result<Written, sqlx::Error> {
+    let lines = LineColumns::new(batch);
+    let line_count = lines.ticket_ids.len() as u64;
+    let query = sqlx::query(WRITE_FRESH_BATCH);
+    let query = ProductColumns::new(batch).bind(lines.bind(TicketColumns::new(batch).bind(query)));
+    let products = query.execute(connection).await?.rows_affected();
+    Ok(Written { tickets: batch.len() as u64, lines: line_count, products })
+}
+
+/// The careful path: one statement per table in one transaction, skipping
+/// the tickets already stored.
+pub async fn write_batch_skipping_stored(
+    connection: &mut PgConnection,
+    batch: &[&NewTicket],
+) -> Result<Written, sqlx::Error> {
     let mut transaction = connection.begin().await?;
     let inserted = insert_tickets(&mut transaction, batch).await?;
     let fresh: Vec<&NewTicket> = batch.iter().copied().filter(|ticket| inserted.contains(&ticket.id)).collect();
@@ -91,40 +161,24 @@ pub async fn write_batch(connection: &mut PgConnection, batch: &[&NewTicket]) ->
 }
 
 async fn insert_tickets(connection: &mut PgConnection, batch: &[&NewTicket]) -> Result<HashSet<Uuid>, sqlx::Error> {
-    let count = batch.len();
-    let mut ids = Vec::with_capacity(count);
-    let mut received_at = Vec::with_capacity(count);
-    let mut keys = Vec::with_capacity(count);
-    let mut statuses = Vec::with_capacity(count);
-    let mut order_ids = Vec::with_capacity(count);
-    let mut vats = Vec::with_capacity(count);
-    let mut totals = Vec::with_capacity(count);
-    let mut problems = Vec::with_capacity(count);
-    let mut raws = Vec::with_capacity(count);
-    for ticket in batch {
-        ids.push(ticket.id);
-        received_at.push(ticket.received_at);
-        keys.push(ticket.idempotency_key.as_deref());
-        statuses.push(ticket.parsed.status.as_str());
-        order_ids.push(ticket.parsed.order_id.as_deref());
-        vats.push(ticket.parsed.vat);
-        totals.push(ticket.parsed.total);
-        problems.push(problems_json(&ticket.parsed));
-        raws.push(ticket.raw.as_ref());
+    let rows = TicketColumns::new(batch).bind(sqlx::query(INSERT_TICKETS)).fetch_all(connection).await?;
+    rows.iter().map(|row| row.try_get::<Uuid, _>(0)).collect()
+}
+
+pub(crate) async fn insert_lines(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<u64, sqlx::Error> {
+    let lines = LineColumns::new(tickets);
+    if lines.ticket_ids.is_empty() {
+        return Ok(0);
     }
-    let rows: Vec<(Uuid,)> = sqlx::query_as(INSERT_TICKETS)
-        .bind(ids)
-        .bind(received_at)
-        .bind(keys)
-        .bind(statuses)
-        .bind(order_ids)
-        .bind(vats)
-        .bind(totals)
-        .bind(problems)
-        .bind(raws)
-        .fetch_all(&mut *connection)
-        .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    Ok(lines.bind(sqlx::query(INSERT_LINES)).execute(connection).await?.rows_affected())
+}
+
+pub(crate) async fn upsert_products(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<u64, sqlx::Error> {
+    let products = ProductColumns::new(tickets);
+    if products.product_ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(products.bind(sqlx::query(UPSERT_PRODUCTS)).execute(connection).await?.rows_affected())
 }
 
 /// `problems` is NULL for ok tickets, a JSON array otherwise.
@@ -135,37 +189,162 @@ pub(crate) fn problems_json(parsed: &ParsedTicket) -> Option<String> {
     serde_json::to_string(&parsed.problems).ok()
 }
 
-pub(crate) async fn insert_lines(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<u64, sqlx::Error> {
-    let count: usize = tickets.iter().map(|ticket| ticket.parsed.lines.len()).sum();
-    if count == 0 {
-        return Ok(0);
-    }
-    let mut ticket_ids = Vec::with_capacity(count);
-    let mut received_at = Vec::with_capacity(count);
-    let mut line_nos = Vec::with_capacity(count);
-    let mut product_ids = Vec::with_capacity(count);
-    let mut names = Vec::with_capacity(count);
-    let mut prices = Vec::with_capacity(count);
-    for ticket in tickets {
-        for line in &ticket.parsed.lines {
-            ticket_ids.push(ticket.id);
-            received_at.push(ticket.received_at);
-            line_nos.push(line.line_no);
-            product_ids.push(line.product_id.as_str());
-            names.push(line.name.as_str());
-            prices.push(line.price);
+/// The `tickets` columns of a batch, one array per column.
+struct TicketColumns<'a> {
+    ids: Vec<Uuid>,
+    received_at: Vec<OffsetDateTime>,
+    keys: Vec<Option<&'a str>>,
+    statuses: Vec<&'static str>,
+    order_ids: Vec<Option<&'a str>>,
+    vats: Vec<Option<Decimal>>,
+    totals: Vec<Option<Decimal>>,
+    problems: Vec<Option<String>>,
+    raws: Vec<&'a [u8]>,
+}
+
+impl<'a> TicketColumns<'a> {
+    fn new(batch: &[&'a NewTicket]) -> Self {
+        let count = batch.len();
+        let mut columns = TicketColumns {
+            ids: Vec::with_capacity(count),
+            received_at: Vec::with_capacity(count),
+            keys: Vec::with_capacity(count),
+            statuses: Vec::with_capacity(count),
+            order_ids: Vec::with_capacity(count),
+            vats: Vec::with_capacity(count),
+            totals: Vec::with_capacity(count),
+            problems: Vec::with_capacity(count),
+            raws: Vec::with_capacity(count),
+        };
+        for ticket in batch {
+            columns.ids.push(ticket.id);
+            columns.received_at.push(ticket.received_at);
+            columns.keys.push(ticket.idempotency_key.as_deref());
+            columns.statuses.push(ticket.parsed.status.as_str());
+            columns.order_ids.push(ticket.parsed.order_id.as_deref());
+            columns.vats.push(ticket.parsed.vat);
+            columns.totals.push(ticket.parsed.total);
+            columns.problems.push(problems_json(&ticket.parsed));
+            columns.raws.push(ticket.raw.as_ref());
         }
+        columns
     }
-    let result = sqlx::query(INSERT_LINES)
-        .bind(ticket_ids)
-        .bind(received_at)
-        .bind(line_nos)
-        .bind(product_ids)
-        .bind(names)
-        .bind(prices)
-        .execute(&mut *connection)
-        .await?;
-    Ok(result.rows_affected())
+
+    fn bind<'q>(self, query: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.ids)
+            .bind(self.received_at)
+            .bind(self.keys)
+            .bind(self.statuses)
+            .bind(self.order_ids)
+            .bind(self.vats)
+            .bind(self.totals)
+            .bind(self.problems)
+            .bind(self.raws)
+    }
+}
+
+/// The `ticket_lines` columns of a batch's tickets.
+struct LineColumns<'a> {
+    ticket_ids: Vec<Uuid>,
+    received_at: Vec<OffsetDateTime>,
+    line_nos: Vec<i32>,
+    product_ids: Vec<&'a str>,
+    names: Vec<&'a str>,
+    prices: Vec<Decimal>,
+}
+
+impl<'a> LineColumns<'a> {
+    fn new(tickets: &[&'a NewTicket]) -> Self {
+        let count: usize = tickets.iter().map(|ticket| ticket.parsed.lines.len()).sum();
+        let mut columns = LineColumns {
+            ticket_ids: Vec::with_capacity(count),
+            received_at: Vec::with_capacity(count),
+            line_nos: Vec::with_capacity(count),
+            product_ids: Vec::with_capacity(count),
+            names: Vec::with_capacity(count),
+            prices: Vec::with_capacity(count),
+        };
+        for ticket in tickets {
+            for line in &ticket.parsed.lines {
+                columns.ticket_ids.push(ticket.id);
+                columns.received_at.push(ticket.received_at);
+                columns.line_nos.push(line.line_no);
+                columns.product_ids.push(line.product_id.as_str());
+                columns.names.push(line.name.as_str());
+                columns.prices.push(line.price);
+            }
+        }
+        columns
+    }
+
+    fn bind<'q>(self, query: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.ticket_ids)
+            .bind(self.received_at)
+            .bind(self.line_nos)
+            .bind(self.product_ids)
+            .bind(self.names)
+            .bind(self.prices)
+    }
+}
+
+/// The `products` rows a batch's tickets add up to, sorted by product id.
+struct ProductColumns<'a> {
+    product_ids: Vec<&'a str>,
+    names: Vec<&'a str>,
+    prices: Vec<Decimal>,
+    first_seen: Vec<OffsetDateTime>,
+    last_seen: Vec<OffsetDateTime>,
+    last_ticket_ids: Vec<Uuid>,
+    times_seen: Vec<i64>,
+}
+
+impl<'a> ProductColumns<'a> {
+    fn new(tickets: &[&'a NewTicket]) -> Self {
+        let mut products = merge_products(tickets);
+        products.sort_unstable_by(|left, right| left.0.cmp(right.0));
+        let count = products.len();
+        let mut columns = ProductColumns {
+            product_ids: Vec::with_capacity(count),
+            names: Vec::with_capacity(count),
+            prices: Vec::with_capacity(count),
+            first_seen: Vec::with_capacity(count),
+            last_seen: Vec::with_capacity(count),
+            last_ticket_ids: Vec::with_capacity(count),
+            times_seen: Vec::with_capacity(count),
+        };
+        for (product_id, seen) in products {
+            columns.product_ids.push(product_id);
+            columns.names.push(seen.name);
+            columns.prices.push(seen.price);
+            columns.first_seen.push(seen.first_seen_at);
+            columns.last_seen.push(seen.last_seen_at);
+            columns.last_ticket_ids.push(seen.last_ticket_id);
+            columns.times_seen.push(seen.times_seen);
+        }
+        columns
+    }
+
+    fn bind<'q>(self, query: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.product_ids)
+            .bind(self.names)
+            .bind(self.prices)
+            .bind(self.first_seen)
+            .bind(self.last_seen)
+            .bind(self.last_ticket_ids)
+            .bind(self.times_seen)
+    }
 }
 
 /// One product's row as the batch sees it, before the upsert.
@@ -176,42 +355,6 @@ struct ProductSeen<'a> {
     last_seen_at: OffsetDateTime,
     last_ticket_id: Uuid,
     times_seen: i64,
-}
-
-pub(crate) async fn upsert_products(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<u64, sqlx::Error> {
-    let mut products = merge_products(tickets);
-    if products.is_empty() {
-        return Ok(0);
-    }
-    products.sort_unstable_by(|left, right| left.0.cmp(right.0));
-    let count = products.len();
-    let mut product_ids = Vec::with_capacity(count);
-    let mut names = Vec::with_capacity(count);
-    let mut prices = Vec::with_capacity(count);
-    let mut first_seen = Vec::with_capacity(count);
-    let mut last_seen = Vec::with_capacity(count);
-    let mut last_ticket_ids = Vec::with_capacity(count);
-    let mut times_seen = Vec::with_capacity(count);
-    for (product_id, seen) in products {
-        product_ids.push(product_id);
-        names.push(seen.name);
-        prices.push(seen.price);
-        first_seen.push(seen.first_seen_at);
-        last_seen.push(seen.last_seen_at);
-        last_ticket_ids.push(seen.last_ticket_id);
-        times_seen.push(seen.times_seen);
-    }
-    let result = sqlx::query(UPSERT_PRODUCTS)
-        .bind(product_ids)
-        .bind(names)
-        .bind(prices)
-        .bind(first_seen)
-        .bind(last_seen)
-        .bind(last_ticket_ids)
-        .bind(times_seen)
-        .execute(&mut *connection)
-        .await?;
-    Ok(result.rows_affected())
 }
 
 /// One entry per product id: the name and price of the latest ticket

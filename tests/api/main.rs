@@ -13,3 +13,4 @@ mod scale;
 mod shutdown;
 mod signatures;
 mod storage;
+mod store;
