@@ -165,7 +165,8 @@ async fn insert_tickets(connection: &mut PgConnection, batch: &[&NewTicket]) -> 
     rows.iter().map(|row| row.try_get::<Uuid, _>(0)).collect()
 }
 
-pub(crate) async fn insert_lines(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<u64, sqlx::Error> {
+/// Inserts the lines of `tickets` (the careful path's step 2).
+pub async fn insert_lines(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<u64, sqlx::Error> {
     let lines = LineColumns::new(tickets);
     if lines.ticket_ids.is_empty() {
         return Ok(0);
@@ -173,7 +174,8 @@ pub(crate) async fn insert_lines(connection: &mut PgConnection, tickets: &[&NewT
     Ok(lines.bind(sqlx::query(INSERT_LINES)).execute(connection).await?.rows_affected())
 }
 
-pub(crate) async fn upsert_products(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<u64, sqlx::Error> {
+/// Merges the products of `tickets` into the catalogue (step 3).
+pub async fn upsert_products(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<u64, sqlx::Error> {
     let products = ProductColumns::new(tickets);
     if products.product_ids.is_empty() {
         return Ok(0);
