@@ -7,7 +7,7 @@
 //! `wal_dir` holds segment files named after the sequence number of their
 //! first record, `00000000000000000001.wal`, each at most about
 //! `wal_segment_bytes` long. A segment starts with the 8-byte magic
-//! `TIWAL\0\0\x01`, then records, back to back:
+//! `TIWAL\0\0\x01`, then records, back to back, then zeros:
 //!
 //! ```text
 //! u32 LE  payload length
@@ -27,6 +27,10 @@
 //!   record pending, writes them with one `write`, `fdatasync`s once, then
 //!   answers all of them. A failed write or sync answers every record of
 //!   that group with an error (the request gets `503`, never a false `202`).
+//! - **Cheap syncs**: the active segment is filled with zeros up to 1 MiB
+//!   ahead of its records, so that most `fdatasync`s overwrite blocks that
+//!   exist and flush the data alone, not the file size too. A record header
+//!   of zeros is the end of the log.
 //! - **Recovery**: at start every segment is read back. The first record
 //!   whose length is impossible, whose payload is cut short or whose CRC does
 //!   not match ends the segment: the file is truncated there (a torn tail
@@ -43,6 +47,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -65,6 +70,11 @@ const NO_KEY: u16 = u16::MAX;
 const MAX_PAYLOAD: usize = 256 * 1024 * 1024;
 /// A group stops growing past this many bytes, so one write stays bounded.
 const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
+/// How far ahead of the records the active segment is filled with zeros.
+/// Overwriting blocks that already exist lets `fdatasync` flush the data
+/// alone; appending would also flush the file size every time.
+const ZERO_AHEAD: u64 = 1024 * 1024;
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// One ticket as the log keeps it: enough to rebuild and store it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,6 +200,8 @@ struct Appender {
     /// Every segment on disk by first sequence number; the last is active.
     segments: BTreeMap<u64, Segment>,
     active: Option<File>,
+    /// The active segment is zero-filled up to here (records end before).
+    zeroed_to: u64,
     buffer: Vec<u8>,
     bytes_on_disk: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
@@ -209,6 +221,7 @@ impl Appender {
             next_seq,
             segments: BTreeMap::new(),
             active: None,
+            zeroed_to: 0,
             buffer: Vec::with_capacity(64 * 1024),
             bytes_on_disk,
             metrics,
@@ -305,17 +318,17 @@ impl Appender {
         if self.active.is_none() {
             self.open_active_segment()?;
         }
-        let Some(file) = self.active.as_mut() else {
+        let (Some(file), Some(segment)) = (self.active.as_ref(), self.segments.values_mut().next_back()) else {
             return Err(io::Error::other("no active WAL segment"));
         };
-        file.write_all(&self.buffer)?;
+        let end = segment.bytes + self.buffer.len() as u64;
+        file.write_all_at(&self.buffer, segment.bytes)?;
+        self.zeroed_to = zero_ahead(file, self.zeroed_to.max(end), (end + ZERO_AHEAD).min(self.segment_bytes))?;
         let synced = Instant::now();
         file.sync_data()?;
         self.metrics.wal_fsync_duration.observe(synced.elapsed().as_secs_f64());
         let written = self.buffer.len() as u64;
-        if let Some((_, segment)) = self.segments.iter_mut().next_back() {
-            segment.bytes += written;
-        }
+        segment.bytes = end;
         self.bytes_on_disk.fetch_add(written, Ordering::Relaxed);
         self.metrics.wal_bytes.set(self.bytes_on_disk.load(Ordering::Relaxed) as i64);
         Ok(())
@@ -336,6 +349,7 @@ impl Appender {
         let path = self.dir.join(segment_name(self.next_seq));
         let mut file = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
         file.write_all(MAGIC)?;
+        self.zeroed_to = zero_ahead(&file, MAGIC.len() as u64, ZERO_AHEAD.min(self.segment_bytes))?;
         file.sync_all()?;
         sync_dir(&self.dir)?;
         self.bytes_on_disk.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
@@ -388,6 +402,17 @@ impl Appender {
         }
         self.metrics.wal_bytes.set(self.bytes_on_disk.load(Ordering::Relaxed) as i64);
     }
+}
+
+/// Fills `[from, to)` of `file` with zeros; returns where the zeros end.
+fn zero_ahead(file: &File, from: u64, to: u64) -> io::Result<u64> {
+    let mut at = from;
+    while at < to {
+        let chunk = (to - at).min(ZEROS.len() as u64);
+        file.write_all_at(&ZEROS[..chunk as usize], at)?;
+        at += chunk;
+    }
+    Ok(at.max(from))
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -487,6 +512,9 @@ fn read_segment(path: &Path, metrics: &Metrics) -> io::Result<(Vec<Recovered>, u
     }
     let mut offset = MAGIC.len();
     while offset < data.len() {
+        if is_zero_fill(&data[offset..]) {
+            break; // the end of the log: zeros written ahead of the records
+        }
         match read_record(&data, offset) {
             Ok((recovered, next)) => {
                 records.push(recovered);
@@ -499,6 +527,11 @@ fn read_segment(path: &Path, metrics: &Metrics) -> io::Result<(Vec<Recovered>, u
         }
     }
     Ok((records, offset as u64))
+}
+
+/// A record header of zeros: nothing was ever written from here on.
+fn is_zero_fill(rest: &[u8]) -> bool {
+    rest.iter().take(FRAME_HEADER).all(|&byte| byte == 0)
 }
 
 fn read_record(data: &[u8], offset: usize) -> Result<(Recovered, usize), &'static str> {
@@ -582,6 +615,35 @@ mod tests {
     }
 
     #[test]
+    fn zeros_written_ahead_end_the_log_cleanly_and_a_torn_record_before_them_is_cut() {
+        let dir = temp_dir();
+        let (wal, thread, _) = open(&dir, 1 << 20);
+        append_all(&wal, &[record(1), record(2)]);
+        thread.stop();
+        let file = segment_files(&dir).pop().expect("one segment");
+        let mut data = fs::read(&file).expect("read");
+        let (_, second_start) = read_record(&data, MAGIC.len()).expect("first record");
+        let (_, end) = read_record(&data, second_start).expect("second record");
+        assert!(data.len() > end + FRAME_HEADER && data[end..].iter().all(|&byte| byte == 0), "zero-filled ahead");
+
+        let metrics = Arc::new(Metrics::new());
+        let (_, thread, recovered) = Wal::open(&dir, 1 << 20, u64::MAX, Arc::clone(&metrics)).expect("reopen");
+        thread.stop();
+        assert_eq!(recovered.len(), 2);
+        assert_eq!(metrics.wal_truncations.get(), 0, "the zeros are not damage");
+
+        // The second record torn by a crash, its tail still zeros.
+        data[end - 3..end].fill(0);
+        fs::write(&file, &data).expect("write");
+        let metrics = Arc::new(Metrics::new());
+        let (_, thread, recovered) = Wal::open(&dir, 1 << 20, u64::MAX, Arc::clone(&metrics)).expect("reopen");
+        thread.stop();
+        assert_eq!(recovered.len(), 1);
+        assert_eq!(metrics.wal_truncations.get(), 1);
+        assert_eq!(fs::metadata(&file).expect("meta").len(), second_start as u64);
+    }
+
+    #[test]
     fn sequence_numbers_continue_after_a_restart() {
         let dir = temp_dir();
         let (wal, thread, _) = open(&dir, 1 << 20);
@@ -605,7 +667,8 @@ mod tests {
             let (_, next) = read_record(&full, last_start).expect("valid record");
             last_start = next;
         }
-        for cut in last_start..full.len() {
+        let (_, last_end) = read_record(&full, last_start).expect("last record");
+        for cut in last_start..last_end {
             let case = temp_dir();
             fs::write(case.join(file.file_name().expect("name")), &full[..cut]).expect("write");
             let (_, thread, recovered) = open(&case, 1 << 20);
