@@ -221,12 +221,10 @@ async fn hand_over(state: &AppState, ticket: NewTicket, permit: Permit) -> Resul
                 idempotency_key: ticket.idempotency_key.clone(),
                 raw: ticket.raw.clone(),
             };
-            let seq = state.wal.append(record).await.map_err(Refused::from)?;
-            // Durable from here on: a ticket that cannot be queued any more
-            // (shutdown) is replayed from the log at the next start.
-            if enqueue(state, Job { ticket, permit, reply: None, wal_seq: Some(seq) }).is_err() {
-                tracing::warn!(message = "ticket logged but not queued, it is replayed at the next start", seq);
-            }
+            // The appender queues the job once the record is durable, even
+            // if this request is cancelled meanwhile (the client hung up).
+            let job = Job { ticket, permit, reply: None, wal_seq: None };
+            state.wal.append(record, Some(job)).await.map_err(Refused::from)?;
             Ok(())
         }
     }

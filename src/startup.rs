@@ -54,13 +54,18 @@ impl Application {
             store::migrate(&pool).await.context("applying migrations")?;
         }
         let metrics = Arc::new(Metrics::new());
-        let (wal, wal_thread, recovered) =
-            Wal::open(&settings.wal_dir, settings.wal_segment_bytes, settings.wal_max_bytes, Arc::clone(&metrics))
-                .with_context(|| format!("opening the write-ahead log in {} (wal_dir)", settings.wal_dir.display()))?;
         let admission = Admission::new(settings.queue_capacity);
         // The queue holds at most what the budget admits, so a permitted
         // ticket always finds room in it.
         let (queue, receiver) = crossbeam_channel::bounded(settings.queue_capacity);
+        let (wal, wal_thread, recovered) = Wal::open(
+            &settings.wal_dir,
+            settings.wal_segment_bytes,
+            settings.wal_max_bytes,
+            Arc::clone(&metrics),
+            Some(queue.clone()),
+        )
+        .with_context(|| format!("opening the write-ahead log in {} (wal_dir)", settings.wal_dir.display()))?;
         let tuning = BatchTuning::new(&settings);
         let writers = Writers::spawn(
             &settings,

@@ -61,6 +61,15 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
+use crate::writer::Job;
+
+/// A record written to the file, waiting for its `fdatasync`.
+struct Pending {
+    seq: u64,
+    /// Queued for the writers once the record is durable.
+    job: Option<Job>,
+    reply: oneshot::Sender<Result<u64, WalError>>,
+}
 
 const MAGIC: &[u8; 8] = b"TIWAL\0\0\x01";
 const FRAME_HEADER: usize = 8;
@@ -102,8 +111,11 @@ pub enum WalError {
     Closed,
 }
 
+// Appends are nearly every message: boxing them to shrink the rare ones
+// would cost an allocation per ticket.
+#[allow(clippy::large_enum_variant)]
 enum Message {
-    Append { record: WalRecord, reply: oneshot::Sender<Result<u64, WalError>> },
+    Append { record: WalRecord, job: Option<Job>, reply: oneshot::Sender<Result<u64, WalError>> },
     Committed(Vec<u64>),
     Shutdown,
 }
@@ -125,16 +137,19 @@ pub struct WalThread {
 impl Wal {
     /// Recovers `dir` (creating it if needed), starts the appender thread,
     /// and returns the records that were not committed yet, in order.
+    /// Jobs appended with their record go to `queue` once it is durable.
     pub fn open(
         dir: &Path,
         segment_bytes: u64,
         max_bytes: u64,
         metrics: Arc<Metrics>,
+        queue: Option<Sender<Job>>,
     ) -> io::Result<(Wal, WalThread, Vec<Recovered>)> {
         fs::create_dir_all(dir)?;
         let recovery = recover(dir, &metrics)?;
         let bytes_on_disk = Arc::new(AtomicU64::new(0));
         let mut appender = Appender::new(dir, segment_bytes, Arc::clone(&bytes_on_disk), metrics, recovery.next_seq);
+        appender.queue = queue;
         for (first_seq, segment) in recovery.segments {
             appender.adopt(first_seq, segment);
         }
@@ -147,14 +162,16 @@ impl Wal {
         Ok((wal, WalThread { sender, handle }, recovery.records))
     }
 
-    /// Appends `record`; resolves with its sequence number once it is on disk.
-    pub async fn append(&self, record: WalRecord) -> Result<u64, WalError> {
+    /// Appends `record`; resolves with its sequence number once it is on
+    /// disk. `job` is queued for the writers then, by the appender: it gets
+    /// there even if the caller stops waiting (a client that hung up).
+    pub async fn append(&self, record: WalRecord, job: Option<Job>) -> Result<u64, WalError> {
         let on_disk = self.bytes_on_disk.load(Ordering::Relaxed);
         if on_disk >= self.max_bytes {
             return Err(WalError::Full(on_disk));
         }
         let (reply, answer) = oneshot::channel();
-        self.sender.send(Message::Append { record, reply }).map_err(|_| WalError::Closed)?;
+        self.sender.send(Message::Append { record, job, reply }).map_err(|_| WalError::Closed)?;
         answer.await.map_err(|_| WalError::Closed)?
     }
 
@@ -205,6 +222,8 @@ struct Appender {
     buffer: Vec<u8>,
     bytes_on_disk: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    /// The writers' queue, for the jobs of durable records.
+    queue: Option<Sender<Job>>,
 }
 
 impl Appender {
@@ -225,6 +244,7 @@ impl Appender {
             buffer: Vec::with_capacity(64 * 1024),
             bytes_on_disk,
             metrics,
+            queue: None,
         }
     }
 
@@ -234,7 +254,7 @@ impl Appender {
     }
 
     fn run(mut self, receiver: Receiver<Message>) {
-        let mut group: Vec<(u64, oneshot::Sender<Result<u64, WalError>>)> = Vec::new();
+        let mut group: Vec<Pending> = Vec::new();
         while let Ok(first) = receiver.recv() {
             let mut stop = self.take(first, &mut group);
             while !stop && self.buffer.len() < MAX_GROUP_BYTES {
@@ -256,13 +276,13 @@ impl Appender {
     }
 
     /// Handles one message; `true` for shutdown.
-    fn take(&mut self, message: Message, group: &mut Vec<(u64, oneshot::Sender<Result<u64, WalError>>)>) -> bool {
+    fn take(&mut self, message: Message, group: &mut Vec<Pending>) -> bool {
         match message {
-            Message::Append { record, reply } => {
+            Message::Append { record, job, reply } => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 encode(&mut self.buffer, seq, &record);
-                group.push((seq, reply));
+                group.push(Pending { seq, job, reply });
                 false
             }
             Message::Committed(seqs) => {
@@ -276,18 +296,21 @@ impl Appender {
     }
 
     /// One write and one `fdatasync` for the whole group, then the answers.
-    fn write_group(&mut self, group: &mut Vec<(u64, oneshot::Sender<Result<u64, WalError>>)>) {
+    fn write_group(&mut self, group: &mut Vec<Pending>) {
         let started = Instant::now();
         let result = self.write_buffer();
         self.metrics.wal_append_duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
-                let Some((first_seq, _)) = group.first() else { return };
+                let Some(first_seq) = group.first().map(|pending| pending.seq) else { return };
                 let count = group.len() as u64;
-                if let Some((_, segment)) = self.segments.range_mut(..=*first_seq).next_back() {
+                if let Some((_, segment)) = self.segments.range_mut(..=first_seq).next_back() {
                     segment.uncommitted += count;
                 }
-                for (seq, reply) in group.drain(..) {
+                for Pending { seq, job, reply } in group.drain(..) {
+                    if let Some(job) = job {
+                        self.hand_to_writers(seq, job);
+                    }
                     let _ = reply.send(Ok(seq));
                 }
                 self.rotate_if_full();
@@ -300,7 +323,8 @@ impl Appender {
                     let _ = file.set_len(segment.bytes);
                 }
                 self.metrics.wal_errors.inc();
-                for (_, reply) in group.drain(..) {
+                // Dropping the jobs gives their admission permits back.
+                for Pending { reply, .. } in group.drain(..) {
                     let _ = reply.send(Err(WalError::Io(error.to_string())));
                 }
                 // The file may hold part of the group: start a fresh segment
@@ -312,6 +336,17 @@ impl Appender {
             }
         }
         self.buffer.clear();
+    }
+
+    /// The queue is as large as the admission budget, so it only refuses a
+    /// permitted ticket once the writers are gone (shutdown): the record
+    /// stays in the log and the next start replays it.
+    fn hand_to_writers(&self, seq: u64, mut job: Job) {
+        job.wal_seq = Some(seq);
+        let queued = self.queue.as_ref().is_some_and(|queue| queue.try_send(job).is_ok());
+        if !queued {
+            tracing::warn!(message = "ticket logged but not queued, it is replayed at the next start", seq);
+        }
     }
 
     fn write_buffer(&mut self) -> io::Result<()> {
@@ -579,12 +614,12 @@ mod tests {
     }
 
     fn open(dir: &Path, segment_bytes: u64) -> (Wal, WalThread, Vec<Recovered>) {
-        Wal::open(dir, segment_bytes, u64::MAX, Arc::new(Metrics::new())).expect("wal opens")
+        Wal::open(dir, segment_bytes, u64::MAX, Arc::new(Metrics::new()), None).expect("wal opens")
     }
 
     fn append_all(wal: &Wal, records: &[WalRecord]) -> Vec<u64> {
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-        records.iter().map(|record| runtime.block_on(wal.append(record.clone())).expect("append")).collect()
+        records.iter().map(|record| runtime.block_on(wal.append(record.clone(), None)).expect("append")).collect()
     }
 
     fn segment_files(dir: &Path) -> Vec<PathBuf> {
@@ -627,7 +662,7 @@ mod tests {
         assert!(data.len() > end + FRAME_HEADER && data[end..].iter().all(|&byte| byte == 0), "zero-filled ahead");
 
         let metrics = Arc::new(Metrics::new());
-        let (_, thread, recovered) = Wal::open(&dir, 1 << 20, u64::MAX, Arc::clone(&metrics)).expect("reopen");
+        let (_, thread, recovered) = Wal::open(&dir, 1 << 20, u64::MAX, Arc::clone(&metrics), None).expect("reopen");
         thread.stop();
         assert_eq!(recovered.len(), 2);
         assert_eq!(metrics.wal_truncations.get(), 0, "the zeros are not damage");
@@ -636,7 +671,7 @@ mod tests {
         data[end - 3..end].fill(0);
         fs::write(&file, &data).expect("write");
         let metrics = Arc::new(Metrics::new());
-        let (_, thread, recovered) = Wal::open(&dir, 1 << 20, u64::MAX, Arc::clone(&metrics)).expect("reopen");
+        let (_, thread, recovered) = Wal::open(&dir, 1 << 20, u64::MAX, Arc::clone(&metrics), None).expect("reopen");
         thread.stop();
         assert_eq!(recovered.len(), 1);
         assert_eq!(metrics.wal_truncations.get(), 1);
@@ -728,10 +763,10 @@ mod tests {
     #[test]
     fn a_full_log_refuses_appends() {
         let dir = temp_dir();
-        let (wal, thread, _) = Wal::open(&dir, 1 << 20, 50, Arc::new(Metrics::new())).expect("opens");
+        let (wal, thread, _) = Wal::open(&dir, 1 << 20, 50, Arc::new(Metrics::new()), None).expect("opens");
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
-        runtime.block_on(wal.append(record(1))).expect("first fits");
-        let refused = runtime.block_on(wal.append(record(2)));
+        runtime.block_on(wal.append(record(1), None)).expect("first fits");
+        let refused = runtime.block_on(wal.append(record(2), None));
         assert!(matches!(refused, Err(WalError::Full(_))), "{refused:?}");
         thread.stop();
     }

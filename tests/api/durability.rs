@@ -7,7 +7,8 @@ use std::time::Duration;
 use ticket_ingest::config::AckMode;
 
 use crate::helpers::{
-    assert_every_accepted_ticket_stored_once, fresh_database, run_load, temp_dir, DbProxy, ServiceProcess,
+    assert_every_accepted_ticket_stored_once, count, fresh_database, numbered_ticket, run_load, spawn_app_with,
+    temp_dir, DbProxy, ServiceProcess,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,4 +108,38 @@ async fn sigterm_during_an_outage_with_ack_wal_exits_0_and_the_next_start_stores
     let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
     assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
     drop(restarted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_of_clients_that_hang_up_while_they_are_logged_are_stored_and_leave_nothing_in_the_log() {
+    use tokio::io::AsyncWriteExt;
+
+    let wal_dir = temp_dir("hang-up");
+    let dir = wal_dir.clone();
+    let app = spawn_app_with(move |settings| {
+        settings.ack = AckMode::Wal;
+        settings.wal_dir = dir;
+    })
+    .await;
+    let host = app.address.trim_start_matches("http://").to_string();
+    let sent = 300u64;
+    for order in 0..sent {
+        let body = numbered_ticket(order);
+        let request = format!("POST /ticket HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let mut stream = tokio::net::TcpStream::connect(&host).await.expect("connect");
+        stream.write_all(request.as_bytes()).await.expect("request written");
+        // Hang up at once: the handler is dropped while it waits for the log.
+        drop(stream);
+    }
+    let db = app.db.clone();
+    app.stop().await;
+
+    let segments_left: Vec<_> = std::fs::read_dir(&wal_dir)
+        .expect("wal dir")
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().extension().is_some_and(|extension| extension == "wal"))
+        .collect();
+    assert!(segments_left.is_empty(), "records left for a replay: {segments_left:?}");
+    let stored = count(&db, "tickets").await;
+    assert!(stored > 0 && stored <= sent as i64, "{stored} of {sent} stored");
 }
