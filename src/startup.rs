@@ -1,7 +1,8 @@
 //! Wiring: [`Application::build`] connects, migrates, opens the write-ahead
-//! log, starts the writers, replays what the log still holds into them, and
-//! only then binds the listener; [`Application::run_until_stopped`] serves
-//! until the shutdown future fires, then stops in this order:
+//! log, starts the writers and binds the listener;
+//! [`Application::run_until_stopped`] replays what the log still holds into
+//! the writers in the background (so that `/healthz` answers during a long
+//! replay), serves until the shutdown future fires, then stops in this order:
 //!
 //! 1. stop accepting connections and close the admission budget (requests
 //!    still arriving on open connections get `503` + `Retry-After`);
@@ -22,7 +23,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 
-use crate::admission::Admission;
+use crate::admission::{Admission, Refusal};
 use crate::config::Settings;
 use crate::http::{self, AppState, RecentKeys};
 use crate::metrics::Metrics;
@@ -39,6 +40,8 @@ pub struct Application {
     state: Arc<AppState>,
     writers: Writers,
     wal_thread: WalThread,
+    /// Records the log held at start, not known to be committed.
+    recovered: Vec<Recovered>,
 }
 
 impl Application {
@@ -77,7 +80,6 @@ impl Application {
             Arc::clone(&metrics),
         )
         .context("starting writer threads")?;
-        replay(recovered, &admission, &queue).await;
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
         let recent_keys = RecentKeys::new();
@@ -85,7 +87,7 @@ impl Application {
             .map_err(|reason| anyhow::anyhow!("signing_secrets: {reason}"))?;
         let state =
             Arc::new(AppState { settings, admission, queue, metrics, pool, wal, recent_keys, verifier, tuning });
-        Ok(Application { listener, state, writers, wal_thread })
+        Ok(Application { listener, state, writers, wal_thread, recovered })
     }
 
     /// The batch triggers the writers use; a SIGHUP reload changes them.
@@ -99,7 +101,8 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Application { listener, state, writers, wal_thread } = self;
+        let Application { listener, state, writers, wal_thread, recovered } = self;
+        let replaying = tokio::spawn(replay(recovered, Arc::clone(&state.admission), state.queue.clone()));
         tracing::info!(message = "listening", address = %listener.local_addr()?, ack = ?state.settings.ack, writers = state.settings.writers);
         let connections = GracefulShutdown::new();
         let mut http = http1::Builder::new();
@@ -138,6 +141,7 @@ impl Application {
         tracing::info!(message = "shutting down: no new tickets accepted", in_flight = state.admission.in_flight());
         drop(listener);
         state.admission.close();
+        let _ = replaying.await;
         if tokio::time::timeout(state.settings.shutdown_grace(), connections.shutdown()).await.is_err() {
             tracing::warn!(message = "grace period over, open connections are dropped");
         }
@@ -157,7 +161,7 @@ impl Application {
 /// for room in the budget when there are more than it admits. Their ids are
 /// the original ones, so a record committed just before a crash is skipped
 /// by the database (`ON CONFLICT DO NOTHING`), not stored twice.
-async fn replay(recovered: Vec<Recovered>, admission: &Arc<Admission>, queue: &crossbeam_channel::Sender<Job>) {
+async fn replay(recovered: Vec<Recovered>, admission: Arc<Admission>, queue: crossbeam_channel::Sender<Job>) {
     if recovered.is_empty() {
         return;
     }
@@ -167,7 +171,15 @@ async fn replay(recovered: Vec<Recovered>, admission: &Arc<Admission>, queue: &c
         let permit = loop {
             match admission.try_acquire() {
                 Ok(permit) => break permit,
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(Refusal::Exhausted) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(Refusal::Closed) => {
+                    tracing::warn!(
+                        message = "shutting down during replay; the rest stays in the log",
+                        replayed = done,
+                        records = total
+                    );
+                    return;
+                }
             }
         };
         let parsed = ParsedTicket::parse(&record.raw);

@@ -7,8 +7,8 @@ use std::time::Duration;
 use ticket_ingest::config::AckMode;
 
 use crate::helpers::{
-    assert_every_accepted_ticket_stored_once, count, fresh_database, numbered_ticket, run_load, spawn_app_with,
-    temp_dir, DbProxy, ServiceProcess,
+    assert_every_accepted_ticket_stored_once, count, fresh_database, numbered_ticket, run_load, spawn_app_from,
+    spawn_app_with, temp_dir, test_settings, DbProxy, ServiceProcess,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,4 +142,44 @@ async fn tickets_of_clients_that_hang_up_while_they_are_logged_are_stored_and_le
     assert!(segments_left.is_empty(), "records left for a replay: {segments_left:?}");
     let stored = count(&db, "tickets").await;
     assert!(stored > 0 && stored <= sent as i64, "{stored} of {sent} stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_larger_than_the_budget_is_replayed_in_the_background_while_health_answers() {
+    use bytes::Bytes;
+    use sqlx::{Connection, Executor, PgConnection};
+    use ticket_ingest::metrics::Metrics;
+    use ticket_ingest::wal::{Wal, WalRecord};
+
+    // 50 records left by an earlier run, more than the budget of 10.
+    let mut settings = test_settings().await;
+    let (wal, thread, _) =
+        Wal::open(&settings.wal_dir, 1 << 20, u64::MAX, Arc::new(Metrics::new()), None).expect("wal opens");
+    for order in 0..50 {
+        let record = WalRecord {
+            id: uuid::Uuid::now_v7(),
+            received_at: time::OffsetDateTime::now_utc(),
+            idempotency_key: None,
+            raw: Bytes::from(numbered_ticket(order)),
+        };
+        wal.append(record, None).await.expect("appended");
+    }
+    tokio::task::spawn_blocking(move || thread.stop()).await.expect("wal stopped");
+
+    // The writers held back by a lock on the tickets table.
+    let database_url = settings.database_url.clone().expect("database");
+    let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    ticket_ingest::store::migrate(&db).await.expect("migrations");
+    let mut locker = PgConnection::connect(&database_url).await.expect("locker");
+    locker.execute("BEGIN; LOCK TABLE tickets IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+
+    settings.queue_capacity = 10;
+    let app = tokio::time::timeout(Duration::from_secs(10), spawn_app_from(settings))
+        .await
+        .expect("the service starts while the replay waits for budget");
+    assert_eq!(app.get("/healthz").await.status(), 200);
+
+    locker.execute("ROLLBACK").await.expect("unlock");
+    app.wait_for_count("tickets", 50).await;
+    app.stop().await;
 }
