@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # Tuning sweep: the same wrk load against ticket-ingest under several
 # configurations, for an SRE choosing batch size and writers.
-#   loadtest/sweep.sh [--duration 8] [--traffic sample|realistic]
+#   loadtest/sweep.sh [--duration 8] [--repeat 3] [--traffic sample|realistic]
 # For each of batch_max_tickets in {50, 200, 500, 2000} x writers in {1, 2, 3}
 # (ack = wal), then ack = commit and ack = memory at the defaults, it records
 # committed tickets/s (wrk start to last commit), p99 ack latency and database
-# commits/s (flushed batches / s) in loadtest/sweep.csv, and draws
-# docs/tuning.png (gnuplot). Database: as loadtest/bench.sh.
+# commits/s (flushed batches / s). The whole list runs --repeat times, pass
+# after pass, so that the machine's drift hits every point alike; every run
+# goes to loadtest/sweep-runs.csv, the median of each point to
+# loadtest/sweep.csv, drawn in docs/tuning.png (gnuplot). Database: as
+# loadtest/bench.sh.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 # shellcheck source=scripts/pg.sh
 source scripts/pg.sh
 
-duration=8 traffic=sample
+duration=8 repeat=3 traffic=sample
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) duration="$2"; shift 2 ;;
+        --repeat) repeat="$2"; shift 2 ;;
         --traffic) traffic="$2"; shift 2 ;;
-        *) sed -n '2,10p' "$0"; exit 2 ;;
+        *) sed -n '2,13p' "$0"; exit 2 ;;
     esac
 done
 script=loadtest/tickets.lua
@@ -36,7 +40,9 @@ work="$(mktemp -d /var/tmp/ticket-ingest-sweep.XXXXXX)"
 trap 'rm -rf "$work"' EXIT
 service_port="$(pg_free_port 19198)"
 results="$repo/loadtest/sweep.csv"
-echo "ack,writers,batch_max_tickets,tickets_per_s,p99_ms,commits_per_s" >"$results"
+runs="$repo/loadtest/sweep-runs.csv"
+header="ack,writers,batch_max_tickets,tickets_per_s,p99_ms,commits_per_s"
+echo "pass,$header" >"$runs"
 
 metric() { curl -fs "http://127.0.0.1:$service_port/metrics" | awk -v name="$1" '$1 == name { print $2 }'; }
 
@@ -65,24 +71,37 @@ run_point() { # ACK WRITERS BATCH
     local seconds p99
     seconds="$(echo "scale=3; ($finished - $started) / 1000000000" | bc)"
     p99="$(awk '$1 == "99%" { v = $2; if (v ~ /us$/) { sub(/us/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms/, "", v) } else if (v ~ /s$/) { sub(/s/, "", v); v *= 1000 } print v }' "$work/wrk.txt")"
-    printf '%s,%s,%s,%s,%s,%s\n' "$ack" "$writers" "$batch" "$(echo "$landed / $seconds" | bc)" "$p99" \
-        "$(echo "${batches%.*} / $seconds" | bc)" | tee -a "$results"
+    printf '%s,%s,%s,%s,%s,%s,%s\n' "$pass" "$ack" "$writers" "$batch" "$(echo "$landed / $seconds" | bc)" "$p99" \
+        "$(echo "${batches%.*} / $seconds" | bc)" | tee -a "$runs"
 }
 
-for writers in 1 2 3; do
-    for batch in 50 200 500 2000; do
-        run_point wal "$writers" "$batch"
+for pass in $(seq 1 "$repeat"); do
+    for writers in 1 2 3; do
+        for batch in 50 200 500 2000; do
+            run_point wal "$writers" "$batch"
+        done
     done
+    run_point commit 2 500
+    run_point memory 2 500
 done
-run_point commit 2 500
-run_point memory 2 500
+
+# One row per point: the median of its runs, column by column.
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+echo "$header" >"$results"
+for point in $(tail -n +2 "$runs" | cut -d, -f2-4 | sort -t, -k1,1 -k2,2n -k3,3n -u); do
+    row="$point"
+    for column in 5 6 7; do
+        row="$row,$(grep ",$point," "$runs" | cut -d, -f"$column" | median)"
+    done
+    echo "$row" >>"$results"
+done
 
 awk -F, 'NR > 1 && $1 == "wal" { print > ("'"$work"'/w" $2 ".dat") }' "$results"
 gnuplot <<EOF
 set terminal pngcairo size 1000,720 font ",10" noenhanced
 set output "$repo/docs/tuning.png"
 set datafile separator ","
-set multiplot layout 3,1 title "ticket-ingest, ack = wal, wrk -t1 -c50 -d${duration}s, ${traffic} tickets (loadtest/sweep.sh)"
+set multiplot layout 3,1 title "ticket-ingest, ack = wal, wrk -t1 -c50 -d${duration}s, ${traffic} tickets, median of ${repeat} runs (loadtest/sweep.sh)"
 set logscale x
 set xtics (50, 200, 500, 2000)
 set grid

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# A/B: two builds (or two configurations) under the same load, alternating,
+# so that the machine's drift hits both alike.
+#   loadtest/ab.sh [--rounds 3] [--duration 8] COMMAND_A COMMAND_B
+# A command is a binary, possibly after `env NAME=value ...` (split on
+# spaces), e.g. "env TICKET_INGEST_WAL_DIR=/dev/shm/wal /tmp/a" to take the
+# disk out. Each round runs nginx `return 200`, then each command on a fresh
+# database:
+# `wrk -t1 -c50` with the sample ticket (TICKETS_FILE, default
+# loadtest/ticket.txt; set it empty for loadtest/tickets.lua's realistic
+# tickets), then waits until every accepted ticket is committed,
+# and prints committed tickets/s, the ratio to nginx, p50/p99 and peak RSS.
+# Environment: ACK (default wal), FLAGS (extra serve flags, applied to both),
+# WAL_DIR (default a temporary directory). Build copies first:
+# cp target/release/ticket-ingest /tmp/a.
+# Database: as loadtest/bench.sh.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+# shellcheck source=scripts/pg.sh
+source scripts/pg.sh
+
+rounds=3 duration=8
+while [ $# -gt 2 ]; do
+    case "$1" in
+        --rounds) rounds="$2"; shift 2 ;;
+        --duration) duration="$2"; shift 2 ;;
+        *) sed -n '2,16p' "$0"; exit 2 ;;
+    esac
+done
+[ $# -eq 2 ] || { sed -n '2,16p' "$0"; exit 2; }
+# TICKETS_FILE= (empty) posts realistic generated tickets instead.
+if [ "${TICKETS_FILE-loadtest/ticket.txt}" = "" ]; then
+    unset TICKETS_FILE
+else
+    export TICKETS_FILE="${TICKETS_FILE:-loadtest/ticket.txt}"
+fi
+work="$(mktemp -d /var/tmp/ticket-ingest-ab.XXXXXX)"
+wal_dir="${WAL_DIR:-$work/wal}"
+trap 'nginx -c "$work/nginx.conf" -s stop 2>/dev/null || true; rm -rf "$work"' EXIT
+server_url="$(pg_server_for_load_tests "$repo")"
+nginx_port="$(pg_free_port 18181)"
+cat >"$work/nginx.conf" <<NGINX
+worker_processes auto; pid $work/nginx.pid; error_log $work/nginx-error.log;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $work;
+       server { listen 127.0.0.1:$nginx_port; location / { return 200; } } }
+NGINX
+load() { wrk -t1 -c50 -d"${duration}s" --latency -s loadtest/tickets.lua "$1"; }
+
+for round in $(seq 1 "$rounds"); do
+    nginx -c "$work/nginx.conf"; sleep 0.3
+    nginx_rps="$(load "http://127.0.0.1:$nginx_port/ticket" | awk '/^Requests\/sec:/ { printf "%d", $2 }')"
+    nginx -c "$work/nginx.conf" -s stop 2>/dev/null; sleep 0.3
+    echo "round $round: nginx $nginx_rps req/s"
+    for command in "$1" "$2"; do
+        database="ab_$(date +%s%N)"
+        psql "$server_url/postgres" -qc "CREATE DATABASE $database"
+        rm -rf "$wal_dir"
+        port="$(pg_free_port 19191)"
+        # shellcheck disable=SC2086 # COMMAND and FLAGS are lists of words
+        TICKET_INGEST_DATABASE_URL="$server_url/$database" TICKET_INGEST_ACK="${ACK:-wal}" \
+            TICKET_INGEST_LISTEN="127.0.0.1:$port" TICKET_INGEST_WAL_DIR="$wal_dir" TICKET_INGEST_LOG_LEVEL=warn \
+            $command serve --config config/ticket-ingest.toml ${FLAGS:-} 2>>"$work/service.log" &
+        pid=$!
+        until curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do sleep 0.05; done
+        started="$(date +%s%N)"
+        load "http://127.0.0.1:$port/ticket" >"$work/wrk.txt"
+        accepted="$(awk '$1 == "status" && $2 == "202:" { print $3 }' "$work/wrk.txt")"
+        until [ "$(psql "$server_url/$database" -qtAc 'SELECT count(*) FROM tickets')" -ge "${accepted:-0}" ]; do
+            sleep 0.05
+        done
+        committed=$(( ${accepted:-0} * 1000000000 / ($(date +%s%N) - started) ))
+        printf '  %-40s %6d committed tickets/s  %s x nginx  p50 %s p99 %s  peak RSS %d MiB\n' \
+            "$command" "$committed" "$(echo "scale=2; $committed / $nginx_rps" | bc)" \
+            "$(awk '$1 == "50%" { print $2 }' "$work/wrk.txt")" "$(awk '$1 == "99%" { print $2 }' "$work/wrk.txt")" \
+            "$(awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$pid/status")"
+        kill -TERM "$pid"; wait "$pid" || true
+        psql "$server_url/postgres" -qc "DROP DATABASE $database"
+    done
+done
