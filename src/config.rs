@@ -55,6 +55,8 @@ pub struct Settings {
     pub ack: AckMode,
     /// Tickets accepted but not yet committed, at most (the admission budget).
     pub queue_capacity: usize,
+    /// Bytes those tickets may take, bodies and parsed lines, at most.
+    pub queue_max_bytes: usize,
     /// Batch writer threads, each with its own database connection.
     pub writers: usize,
     /// A batch is flushed when it holds this many tickets…
@@ -102,6 +104,7 @@ impl Default for Settings {
             db_pool_size: 4,
             ack: AckMode::Wal,
             queue_capacity: 20_000,
+            queue_max_bytes: 64 * 1024 * 1024,
             writers: 2,
             batch_max_tickets: 500,
             batch_max_wait_ms: 0,
@@ -125,13 +128,14 @@ impl Default for Settings {
 
 /// Every key, as spelled in the file; the environment is filtered to these
 /// so that unrelated `TICKET_INGEST_*` variables are not mistaken for typos.
-pub const KEYS: [&str; 23] = [
+pub const KEYS: [&str; 24] = [
     "listen",
     "http_threads",
     "database_url",
     "db_pool_size",
     "ack",
     "queue_capacity",
+    "queue_max_bytes",
     "writers",
     "batch_max_tickets",
     "batch_max_wait_ms",
@@ -188,6 +192,9 @@ impl Settings {
         at_most("http_threads", self.http_threads as u64, 256)?;
         at_least("db_pool_size", self.db_pool_size as u64, 1)?;
         at_least("queue_capacity", self.queue_capacity as u64, 1)?;
+        at_least("queue_max_bytes", self.queue_max_bytes as u64, self.max_body_bytes as u64).map_err(|_| {
+            ConfigError::OutOfRange { key: "queue_max_bytes", reason: "must be at least max_body_bytes".to_string() }
+        })?;
         at_least("writers", self.writers as u64, 1)?;
         at_most("writers", self.writers as u64, 64)?;
         at_least("batch_max_tickets", self.batch_max_tickets as u64, 1)?;

@@ -41,6 +41,9 @@ use crate::writer::{BatchTuning, Job};
 const GZIP_SLACK: usize = 1024;
 /// Longest accepted `Idempotency-Key` / `webhook-id`.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// What a ticket in flight takes besides its body and parsed lines: the
+/// job, the queue slot, the WAL record, the response.
+const TICKET_BYTES: usize = 1024;
 /// Idempotency keys remembered for answering repeats with the first id.
 const RECENT_KEYS: usize = 65_536;
 /// How long `/readyz` waits for the database.
@@ -113,7 +116,7 @@ impl Refused {
             Refused::UnsupportedEncoding => "Content-Encoding must be gzip or identity".to_string(),
             Refused::BadIdempotencyKey(reason) => format!("invalid idempotency key: {reason}"),
             Refused::BadSignature(reason) => format!("webhook signature refused: {reason}"),
-            Refused::BudgetExhausted => "too many tickets in flight, retry later".to_string(),
+            Refused::BudgetExhausted => "too many tickets (or bytes of tickets) in flight, retry later".to_string(),
             Refused::WalFull => "write-ahead log full (database behind or disk full), retry later".to_string(),
             Refused::WalFailed => "write-ahead log write failed, retry later".to_string(),
             Refused::ShuttingDown => "shutting down, retry later".to_string(),
@@ -162,12 +165,10 @@ async fn ingest(state: &AppState, request: Request<Incoming>) -> HttpResponse {
 
 /// The happy path of `POST /ticket`, from permit to `202`.
 async fn accept(state: &AppState, request: Request<Incoming>) -> Result<HttpResponse, Refused> {
-    let permit = state.admission.try_acquire().map_err(|refusal| match refusal {
-        Refusal::Exhausted => Refused::BudgetExhausted,
-        Refusal::Closed => Refused::ShuttingDown,
-    })?;
+    let mut permit = state.admission.try_acquire().map_err(refused_by_budget)?;
     let (parts, body) = request.into_parts();
     let idempotency_key = idempotency_key(&parts.headers)?;
+    permit.resize(body_reservation(&state.settings, &parts.headers)).map_err(refused_by_budget)?;
     let raw = read_body(&state.settings, &parts.headers, body).await?;
     if raw.is_empty() {
         return Err(Refused::EmptyBody);
@@ -177,6 +178,7 @@ async fn accept(state: &AppState, request: Request<Incoming>) -> Result<HttpResp
         verifier.verify(&parts.headers, &raw, now).map_err(Refused::BadSignature)?;
     }
     let parsed = ParsedTicket::parse(&raw);
+    permit.resize(TICKET_BYTES + raw.len() + parsed.heap_bytes()).map_err(refused_by_budget)?;
     let id = Uuid::now_v7();
 
     if let Some(key) = &idempotency_key {
@@ -200,6 +202,24 @@ async fn accept(state: &AppState, request: Request<Incoming>) -> Result<HttpResp
     }
     state.metrics.tickets_accepted.get_or_create(&StatusLabels { status: status.as_str() }).inc();
     Ok(json(StatusCode::ACCEPTED, Bytes::from(body)))
+}
+
+fn refused_by_budget(refusal: Refusal) -> Refused {
+    match refusal {
+        Refusal::Exhausted => Refused::BudgetExhausted,
+        Refusal::Closed => Refused::ShuttingDown,
+    }
+}
+
+/// Bytes a body may take while it is read: its declared length, or the
+/// most it may decode to (twice, gzip: encoded and decoded at once).
+fn body_reservation(settings: &Settings, headers: &HeaderMap) -> usize {
+    let max = settings.max_body_bytes;
+    if headers.contains_key(CONTENT_ENCODING) {
+        return 2 * max + GZIP_SLACK;
+    }
+    let declared = headers.get(CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+    declared.map_or(max, |length| length.min(max))
 }
 
 /// Makes the ticket as safe as the ack mode promises, and queues it for
@@ -336,6 +356,8 @@ fn metrics_page(state: &AppState, headers: &HeaderMap) -> HttpResponse {
     let metrics = &state.metrics;
     metrics.in_flight.set(state.admission.in_flight() as i64);
     metrics.in_flight_capacity.set(state.admission.capacity() as i64);
+    metrics.in_flight_bytes.set(state.admission.bytes() as i64);
+    metrics.in_flight_bytes_capacity.set(state.admission.max_bytes() as i64);
     metrics.queue_depth.set(state.queue.len() as i64);
     metrics.wal_bytes.set(state.wal.bytes_on_disk() as i64);
     metrics.batch_max_tickets.set(state.tuning.max_tickets() as i64);

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub refused: Family<KindLabels, Counter>,
     pub in_flight: Gauge,
     pub in_flight_capacity: Gauge,
+    pub in_flight_bytes: Gauge,
+    pub in_flight_bytes_capacity: Gauge,
     pub queue_depth: Gauge,
     pub batch_max_tickets: Gauge,
     pub batch_max_wait: Gauge<f64, AtomicU64>,
@@ -88,6 +90,8 @@ impl Metrics {
             refused: Family::default(),
             in_flight: Gauge::default(),
             in_flight_capacity: Gauge::default(),
+            in_flight_bytes: Gauge::default(),
+            in_flight_bytes_capacity: Gauge::default(),
             queue_depth: Gauge::default(),
             batch_max_tickets: Gauge::default(),
             batch_max_wait: Gauge::default(),
@@ -140,6 +144,18 @@ impl Metrics {
             "in_flight_capacity",
             "Admission budget size (queue_capacity)",
             self.in_flight_capacity.clone(),
+        );
+        registry.register_with_unit(
+            "in_flight",
+            "Admission budget in use, in bytes: bodies and parsed lines in flight",
+            Unit::Bytes,
+            self.in_flight_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "in_flight_capacity",
+            "Admission budget size in bytes (queue_max_bytes)",
+            Unit::Bytes,
+            self.in_flight_bytes_capacity.clone(),
         );
         registry.register("queue_depth", "Tickets waiting in the queue for a writer", self.queue_depth.clone());
         registry.register("batch_max_tickets", "Batch size trigger in force", self.batch_max_tickets.clone());

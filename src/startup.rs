@@ -57,7 +57,7 @@ impl Application {
             store::migrate(&pool).await.context("applying migrations")?;
         }
         let metrics = Arc::new(Metrics::new());
-        let admission = Admission::new(settings.queue_capacity);
+        let admission = Admission::new(settings.queue_capacity, settings.queue_max_bytes);
         // The queue holds at most what the budget admits, so a permitted
         // ticket always finds room in it.
         let (queue, receiver) = crossbeam_channel::bounded(settings.queue_capacity);

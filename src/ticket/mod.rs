@@ -228,6 +228,18 @@ impl ParsedTicket {
             None => Header::default().into_invalid(problems),
         }
     }
+
+    /// Bytes this ticket holds on the heap, for the admission budget.
+    pub fn heap_bytes(&self) -> usize {
+        let line_bytes: usize = self
+            .lines
+            .iter()
+            .map(|line| std::mem::size_of::<Line>() + line.product_id.capacity() + line.name.capacity())
+            .sum();
+        let problem_bytes: usize =
+            self.problems.iter().map(|problem| std::mem::size_of::<Problem>() + problem.message.capacity()).sum();
+        line_bytes + problem_bytes + self.order_id.as_ref().map_or(0, String::capacity)
+    }
 }
 
 mod decode;
