@@ -61,6 +61,20 @@ pub struct Written {
 
 type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
 
+/// The products upsert's conflict clause, shared by both paths.
+macro_rules! products_on_conflict {
+    () => {
+        "    ON CONFLICT (product_id) DO UPDATE SET
+        name           = CASE WHEN p.last_seen_at <= EXCLUDED.last_seen_at THEN EXCLUDED.name ELSE p.name END,
+        price          = CASE WHEN p.last_seen_at <= EXCLUDED.last_seen_at THEN EXCLUDED.price ELSE p.price END,
+        last_ticket_id = CASE WHEN p.last_seen_at <= EXCLUDED.last_seen_at
+                              THEN EXCLUDED.last_ticket_id ELSE p.last_ticket_id END,
+        last_seen_at   = GREATEST(p.last_seen_at, EXCLUDED.last_seen_at),
+        first_seen_at  = LEAST(p.first_seen_at, EXCLUDED.first_seen_at),
+        times_seen     = p.times_seen + EXCLUDED.times_seen"
+    };
+}
+
 const INSERT_TICKETS: &str = "
     INSERT INTO tickets (id, received_at, idempotency_key, status, order_id, vat, total, problems, raw)
     SELECT id, received_at, idempotency_key, status, order_id, vat, total, problems::jsonb, raw
@@ -74,24 +88,21 @@ const INSERT_LINES: &str = "
     INSERT INTO ticket_lines (ticket_id, received_at, line_no, product_id, name, price)
     SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int4[], $4::text[], $5::text[], $6::numeric[])";
 
-const UPSERT_PRODUCTS: &str = "
+const UPSERT_PRODUCTS: &str = concat!(
+    "
     INSERT INTO products AS p (product_id, name, price, first_seen_at, last_seen_at, last_ticket_id, times_seen)
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::numeric[], $4::timestamptz[], $5::timestamptz[],
                          $6::uuid[], $7::int8[])
-    ON CONFLICT (product_id) DO UPDATE SET
-        name           = CASE WHEN p.last_seen_at <= EXCLUDED.last_seen_at THEN EXCLUDED.name ELSE p.name END,
-        price          = CASE WHEN p.last_seen_at <= EXCLUDED.last_seen_at THEN EXCLUDED.price ELSE p.price END,
-        last_ticket_id = CASE WHEN p.last_seen_at <= EXCLUDED.last_seen_at
-                              THEN EXCLUDED.last_ticket_id ELSE p.last_ticket_id END,
-        last_seen_at   = GREATEST(p.last_seen_at, EXCLUDED.last_seen_at),
-        first_seen_at  = LEAST(p.first_seen_at, EXCLUDED.first_seen_at),
-        times_seen     = p.times_seen + EXCLUDED.times_seen";
+",
+    products_on_conflict!()
+);
 
 /// The fast path: the three inserts above in one statement, the tickets'
 /// without `ON CONFLICT` so that a ticket already stored fails it whole.
 /// Sub-statements of a `WITH` all run, read or not; none reads another's
 /// rows (lines have no foreign key), so their order does not matter.
-const WRITE_FRESH_BATCH: &str = "
+const WRITE_FRESH_BATCH: &str = concat!(
+    "
     WITH new_tickets AS (
         INSERT INTO tickets (id, received_at, idempotency_key, status, order_id, vat, total, problems, raw)
         SELECT id, received_at, idempotency_key, status, order_id, vat, total, problems::jsonb, raw
@@ -106,14 +117,9 @@ const WRITE_FRESH_BATCH: &str = "
     INSERT INTO products AS p (product_id, name, price, first_seen_at, last_seen_at, last_ticket_id, times_seen)
     SELECT * FROM UNNEST($16::text[], $17::text[], $18::numeric[], $19::timestamptz[], $20::timestamptz[],
                          $21::uuid[], $22::int8[])
-    ON CONFLICT (product_id) DO UPDATE SET
-        name           = CASE WHEN p.last_seen_at <= EXCLUDED.last_seen_at THEN EXCLUDED.name ELSE p.name END,
-        price          = CASE WHEN p.last_seen_at <= EXCLUDED.last_seen_at THEN EXCLUDED.price ELSE p.price END,
-        last_ticket_id = CASE WHEN p.last_seen_at <= EXCLUDED.last_seen_at
-                              THEN EXCLUDED.last_ticket_id ELSE p.last_ticket_id END,
-        last_seen_at   = GREATEST(p.last_seen_at, EXCLUDED.last_seen_at),
-        first_seen_at  = LEAST(p.first_seen_at, EXCLUDED.first_seen_at),
-        times_seen     = p.times_seen + EXCLUDED.times_seen";
+",
+    products_on_conflict!()
+);
 
 /// `unique_violation`: the fast path met a ticket that is already stored.
 const UNIQUE_VIOLATION: &str = "23505";
