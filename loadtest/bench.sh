@@ -9,11 +9,13 @@
 # zero-loss check (rows committed >= 202 answers), and appends a CSV row to
 # loadtest/results.csv. Traffic: `sample` posts loadtest/ticket.txt on every
 # request (the old service's load), `realistic` (default) generates
-# tickets of 1-30 Zipf-distributed lines, 2 % malformed (loadtest/tickets.lua).
+# tickets of 1-30 Zipf-distributed lines, 2 % malformed (loadtest/tickets.lua),
+# `large` posts one 60 KB ticket of 1 500 lines on every request (memory
+# under overload), and a file name posts that file on every request.
 #
 #   loadtest/bench.sh [--ack wal|commit|memory] [--duration 10] [--connections 50]
 #                     [--backlog 100000] [--label TEXT]
-#                     [--traffic sample|realistic] [--zipf 1.1] [--malformed 0.02]
+#                     [--traffic sample|realistic|large|FILE] [--zipf 1.1] [--malformed 0.02]
 #                     [-- extra ticket-ingest flags, e.g. --writers 3]
 #
 # Database: TICKET_INGEST_DATABASE_URL's server when set (a fresh database is
@@ -75,7 +77,12 @@ script=loadtest/tickets.lua
 case "$traffic" in
     sample) export TICKETS_FILE=loadtest/ticket.txt ;;
     realistic) ;;
-    *) echo "--traffic sample|realistic" >&2; exit 2 ;;
+    large)
+        export TICKETS_FILE="$work/large.txt"
+        awk 'BEGIN { print "Order: 987654\nVAT: 0.00\nTotal: 1875.00\n\nproduct,product_id,price"
+                     for (i = 0; i < 1500; i++) printf "Article de rayon numero %d,P%05d,1.25\n", i, i }' >"$TICKETS_FILE" ;;
+    *) [ -f "$traffic" ] || { echo "--traffic sample|realistic|large|FILE" >&2; exit 2; }
+       export TICKETS_FILE="$traffic" ;;
 esac
 wrk_run() { # URL OUTPUT
     wrk -t1 -c"$connections" -d"${duration}s" --latency -s "$script" "$1" >"$2"

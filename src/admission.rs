@@ -108,6 +108,11 @@ impl Admission {
 }
 
 impl Permit {
+    /// Bytes this permit holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Makes this permit hold `bytes`. Growing fails when the budget's bytes
     /// would run over — unless this permit holds every byte in flight, so
     /// that a ticket larger than the budget still gets through alone.

@@ -64,6 +64,9 @@ pub struct Settings {
     /// …or this long after its first ticket arrived. 0: as soon as the
     /// queue is momentarily empty (the next batch gathers during the flush).
     pub batch_max_wait_ms: u64,
+    /// …or once its tickets take this many bytes (as the admission budget
+    /// counts them), so that a batch of large tickets stays small in memory.
+    pub batch_max_bytes: usize,
     /// Largest accepted body, after gzip decoding.
     pub max_body_bytes: usize,
     /// Most request headers accepted; more is answered `431`.
@@ -108,6 +111,7 @@ impl Default for Settings {
             writers: 2,
             batch_max_tickets: 500,
             batch_max_wait_ms: 0,
+            batch_max_bytes: 4 * 1024 * 1024,
             max_body_bytes: 64 * 1024,
             max_headers: 64,
             header_read_timeout_ms: 5_000,
@@ -128,7 +132,7 @@ impl Default for Settings {
 
 /// Every key, as spelled in the file; the environment is filtered to these
 /// so that unrelated `TICKET_INGEST_*` variables are not mistaken for typos.
-pub const KEYS: [&str; 24] = [
+pub const KEYS: [&str; 25] = [
     "listen",
     "http_threads",
     "database_url",
@@ -139,6 +143,7 @@ pub const KEYS: [&str; 24] = [
     "writers",
     "batch_max_tickets",
     "batch_max_wait_ms",
+    "batch_max_bytes",
     "max_body_bytes",
     "max_headers",
     "header_read_timeout_ms",
@@ -199,6 +204,7 @@ impl Settings {
         at_most("writers", self.writers as u64, 64)?;
         at_least("batch_max_tickets", self.batch_max_tickets as u64, 1)?;
         at_most("batch_max_wait_ms", self.batch_max_wait_ms, 60_000)?;
+        at_least("batch_max_bytes", self.batch_max_bytes as u64, 1)?;
         at_least("max_body_bytes", self.max_body_bytes as u64, 1)?;
         at_most("max_body_bytes", self.max_body_bytes as u64, 64 * 1024 * 1024)?;
         at_least("max_headers", self.max_headers as u64, 8)?;

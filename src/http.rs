@@ -361,6 +361,7 @@ fn metrics_page(state: &AppState, headers: &HeaderMap) -> HttpResponse {
     metrics.queue_depth.set(state.queue.len() as i64);
     metrics.wal_bytes.set(state.wal.bytes_on_disk() as i64);
     metrics.batch_max_tickets.set(state.tuning.max_tickets() as i64);
+    metrics.batch_max_bytes.set(state.tuning.max_bytes() as i64);
     metrics.batch_max_wait.set(state.tuning.max_wait_ms() as f64 / 1000.0);
     let wants_openmetrics = headers
         .get(ACCEPT)

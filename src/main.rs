@@ -85,6 +85,9 @@ struct Overrides {
     batch_max_wait_ms: Option<u64>,
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
+    batch_max_bytes: Option<usize>,
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_body_bytes: Option<usize>,
     /// pretty | json
     #[arg(long, global = true)]

@@ -56,6 +56,7 @@ pub struct Metrics {
     pub in_flight_bytes_capacity: Gauge,
     pub queue_depth: Gauge,
     pub batch_max_tickets: Gauge,
+    pub batch_max_bytes: Gauge,
     pub batch_max_wait: Gauge<f64, AtomicU64>,
     pub batch_size: Histogram,
     pub flush_duration: Histogram,
@@ -94,6 +95,7 @@ impl Metrics {
             in_flight_bytes_capacity: Gauge::default(),
             queue_depth: Gauge::default(),
             batch_max_tickets: Gauge::default(),
+            batch_max_bytes: Gauge::default(),
             batch_max_wait: Gauge::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             flush_duration: latency_histogram(),
@@ -159,6 +161,12 @@ impl Metrics {
         );
         registry.register("queue_depth", "Tickets waiting in the queue for a writer", self.queue_depth.clone());
         registry.register("batch_max_tickets", "Batch size trigger in force", self.batch_max_tickets.clone());
+        registry.register_with_unit(
+            "batch_max",
+            "Batch bytes trigger in force",
+            Unit::Bytes,
+            self.batch_max_bytes.clone(),
+        );
         registry.register_with_unit(
             "batch_max_wait",
             "Batch deadline trigger in force",

@@ -1,6 +1,6 @@
 //! SIGHUP: read the configuration again and apply what can change safely
-//! while running — `batch_max_tickets`, `batch_max_wait_ms` (the next batch
-//! uses them) and `log_level` — logging each change as old → new. Any other
+//! while running — `batch_max_tickets`, `batch_max_wait_ms`,
+//! `batch_max_bytes` (the next batch uses them) and `log_level` — logging each change as old → new. Any other
 //! key that changed is reported as needing a restart; a configuration that
 //! does not load is refused with its message and the running one is kept.
 
@@ -55,20 +55,15 @@ impl Reloader {
             }
         };
         let old = &self.current;
-        if (old.batch_max_tickets, old.batch_max_wait_ms) != (fresh.batch_max_tickets, fresh.batch_max_wait_ms) {
-            self.tuning.set(fresh.batch_max_tickets, fresh.batch_max_wait_ms);
-            tracing::info!(
-                message = "reloaded",
-                key = "batch_max_tickets",
-                old = old.batch_max_tickets,
-                new = fresh.batch_max_tickets
-            );
-            tracing::info!(
-                message = "reloaded",
-                key = "batch_max_wait_ms",
-                old = old.batch_max_wait_ms,
-                new = fresh.batch_max_wait_ms
-            );
+        self.tuning.set(&fresh);
+        for (key, old, new) in [
+            ("batch_max_tickets", old.batch_max_tickets as u64, fresh.batch_max_tickets as u64),
+            ("batch_max_wait_ms", old.batch_max_wait_ms, fresh.batch_max_wait_ms),
+            ("batch_max_bytes", old.batch_max_bytes as u64, fresh.batch_max_bytes as u64),
+        ] {
+            if old != new {
+                tracing::info!(message = "reloaded", key, old, new);
+            }
         }
         if old.log_level != fresh.log_level {
             match self.set_log_level.as_ref().map(|set| set(&fresh.log_level)) {
@@ -83,6 +78,7 @@ impl Reloader {
         for settings in [&mut rest_old, &mut rest_new] {
             settings.batch_max_tickets = 0;
             settings.batch_max_wait_ms = 0;
+            settings.batch_max_bytes = 0;
             settings.log_level.clear();
         }
         if rest_old != rest_new {

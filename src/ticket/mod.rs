@@ -229,16 +229,29 @@ impl ParsedTicket {
         }
     }
 
-    /// Bytes this ticket holds on the heap, for the admission budget.
+    /// Bytes this ticket holds on the heap, for the admission budget: what
+    /// the allocator hands out, not just what the values use — for short
+    /// strings the difference is most of it.
     pub fn heap_bytes(&self) -> usize {
-        let line_bytes: usize = self
+        let strings: usize = self
             .lines
             .iter()
-            .map(|line| std::mem::size_of::<Line>() + line.product_id.capacity() + line.name.capacity())
+            .map(|line| allocated(line.product_id.capacity()) + allocated(line.name.capacity()))
+            .chain(self.problems.iter().map(|problem| allocated(problem.message.capacity())))
             .sum();
-        let problem_bytes: usize =
-            self.problems.iter().map(|problem| std::mem::size_of::<Problem>() + problem.message.capacity()).sum();
-        line_bytes + problem_bytes + self.order_id.as_ref().map_or(0, String::capacity)
+        allocated(self.lines.capacity() * std::mem::size_of::<Line>())
+            + allocated(self.problems.capacity() * std::mem::size_of::<Problem>())
+            + allocated(self.order_id.as_ref().map_or(0, String::capacity))
+            + strings
+    }
+}
+
+/// Heap bytes one allocation of `requested` bytes takes with glibc's malloc:
+/// an 8-byte header, rounded up to 16, at least 32.
+fn allocated(requested: usize) -> usize {
+    match requested {
+        0 => 0,
+        _ => (requested + 8).next_multiple_of(16).max(32),
     }
 }
 

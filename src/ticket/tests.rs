@@ -17,6 +17,20 @@ fn excerpts_are_short_quoted_and_free_of_nul() {
 }
 
 #[test]
+fn heap_bytes_counts_what_the_allocator_hands_out() {
+    assert_eq!((allocated(0), allocated(1), allocated(24), allocated(25), allocated(100)), (0, 32, 32, 48, 112));
+    let mut body = String::from("Order: 1\n\nproduct,product_id,price\n");
+    for line in 0..1500 {
+        body.push_str(&format!("Article {line},P{line:05},1.25\n"));
+    }
+    let ticket = ParsedTicket::parse(body.as_bytes());
+    assert_eq!(ticket.lines.len(), 1500);
+    // The lines' vector, then two strings of at least 32 bytes per line.
+    let at_least = ticket.lines.capacity() * std::mem::size_of::<Line>() + 1500 * 2 * 32;
+    assert!(ticket.heap_bytes() >= at_least, "{} < {at_least}", ticket.heap_bytes());
+}
+
+#[test]
 fn problems_are_capped_and_their_messages_built_lazily() {
     let mut problems = Problems::default();
     for line in 1..=250 {

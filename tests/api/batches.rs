@@ -64,6 +64,7 @@ async fn tickets_of_two_thousand_lines_in_large_batches_are_stored_whole() {
     let app = spawn_app_with(|settings| {
         settings.batch_max_tickets = 500;
         settings.batch_max_wait_ms = 100;
+        settings.batch_max_bytes = usize::MAX;
         settings.max_body_bytes = 1024 * 1024;
     })
     .await;
@@ -160,4 +161,30 @@ async fn a_ticket_the_database_refuses_is_isolated_and_stored_as_invalid_while_i
     assert_eq!(app.count("ticket_lines").await, 60, "the good tickets' lines, not the poison's");
     let metrics = app.get("/metrics").await.text().await.expect("metrics");
     assert!(metrics.contains("ticket_ingest_poison_tickets_total 1"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_stops_growing_once_its_tickets_reach_batch_max_bytes() {
+    let app = spawn_app_with(|settings| {
+        settings.writers = 1;
+        settings.batch_max_tickets = 500;
+        settings.batch_max_wait_ms = 300;
+        // A ticket holds more than 1 KiB of the budget: two fill a batch.
+        settings.batch_max_bytes = 2048;
+    })
+    .await;
+
+    post_all(&app, (0..12).map(numbered_ticket).collect(), 12).await;
+
+    app.wait_for_count("tickets", 12).await;
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} "))?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert_eq!(value("ticket_ingest_batch_size_sum"), 12.0);
+    assert!(value("ticket_ingest_batch_size_count") >= 6.0, "at most two tickets per batch: {metrics}");
+    assert_eq!(value("ticket_ingest_batch_max_bytes"), 2048.0);
 }

@@ -19,7 +19,9 @@ async fn sighup_applies_new_batch_triggers_from_the_config_file_and_keeps_servin
     let service = ServiceProcess::start_with_config(&database_url, &temp_dir("wal"), AckMode::Wal, &[], &config).await;
     assert_eq!(gauge(&service.address, "ticket_ingest_batch_max_tickets").await, Some(500.0));
 
-    std::fs::write(&config, "batch_max_tickets = 7\nbatch_max_wait_ms = 3\nlog_level = \"debug\"\n").expect("rewrite");
+    let reloaded_config =
+        "batch_max_tickets = 7\nbatch_max_wait_ms = 3\nbatch_max_bytes = 65536\nlog_level = \"debug\"\n";
+    std::fs::write(&config, reloaded_config).expect("rewrite");
     service.signal("HUP");
     let mut reloaded = None;
     for _ in 0..100 {
@@ -32,6 +34,7 @@ async fn sighup_applies_new_batch_triggers_from_the_config_file_and_keeps_servin
 
     assert_eq!(reloaded, Some(7.0));
     assert_eq!(gauge(&service.address, "ticket_ingest_batch_max_wait_seconds").await, Some(0.003));
+    assert_eq!(gauge(&service.address, "ticket_ingest_batch_max_bytes").await, Some(65536.0));
     let answer = reqwest::Client::new()
         .post(format!("{}/ticket", service.address))
         .body(crate::helpers::SAMPLE_TICKET)
