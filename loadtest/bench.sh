@@ -173,12 +173,22 @@ if [ "$backlog" -gt 0 ]; then
     locker=$!
     pids+=("$locker")
     sleep 0.3
-    start_service TICKET_INGEST_QUEUE_CAPACITY="$((backlog + 1000))"
+    # Room for the whole backlog in both budgets (a parsed ticket of 30 lines
+    # holds well under 16 KiB).
+    start_service TICKET_INGEST_QUEUE_CAPACITY="$((backlog + 1000))" \
+        TICKET_INGEST_QUEUE_MAX_BYTES="$(((backlog + 1000) * 16384))"
     wrk -t1 -c"$connections" -d"$((duration * 3))s" -s "$script" \
         "http://127.0.0.1:$service_port/ticket" >"$work/backlog.txt" &
     wrk_pid=$!
+    waited=0
     while [ "$(curl -fs "http://127.0.0.1:$service_port/metrics" | awk '$1 == "ticket_ingest_in_flight" { print $2 }')" -lt "$backlog" ]; do
         sleep 0.2
+        waited=$((waited + 1))
+        if [ "$waited" -gt 600 ] || ! kill -0 "$wrk_pid" 2>/dev/null; then
+            echo "the backlog did not reach $backlog tickets in flight:" >&2
+            curl -fs "http://127.0.0.1:$service_port/metrics" | grep -E '^ticket_ingest_(in_flight|requests_total)' >&2
+            exit 1
+        fi
     done
     kill -INT "$wrk_pid"; wait "$wrk_pid" || true
     held="$(curl -fs "http://127.0.0.1:$service_port/metrics" | awk '$1 == "ticket_ingest_in_flight" { print $2 }')"

@@ -99,8 +99,11 @@ const UPSERT_PRODUCTS: &str = concat!(
 
 /// The fast path: the three inserts above in one statement, the tickets'
 /// without `ON CONFLICT` so that a ticket already stored fails it whole.
-/// Sub-statements of a `WITH` all run, read or not; none reads another's
-/// rows (lines have no foreign key), so their order does not matter.
+/// The products upsert runs last: it locks the hot rows every writer
+/// touches, and holds them until the commit, so the tickets and lines go
+/// first. PostgreSQL runs a `WITH` sub-statement nobody reads *after* the
+/// main one, so the upsert waits on the counts of the two CTEs (its
+/// one-time filter) instead.
 const WRITE_FRESH_BATCH: &str = concat!(
     "
     WITH new_tickets AS (
@@ -109,14 +112,17 @@ const WRITE_FRESH_BATCH: &str = concat!(
         FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
                     $6::numeric[], $7::numeric[], $8::text[], $9::bytea[])
              AS t(id, received_at, idempotency_key, status, order_id, vat, total, problems, raw)
+        RETURNING 1
     ), new_lines AS (
         INSERT INTO ticket_lines (ticket_id, received_at, line_no, product_id, name, price)
         SELECT * FROM UNNEST($10::uuid[], $11::timestamptz[], $12::int4[], $13::text[], $14::text[],
                              $15::numeric[])
+        RETURNING 1
     )
     INSERT INTO products AS p (product_id, name, price, first_seen_at, last_seen_at, last_ticket_id, times_seen)
     SELECT * FROM UNNEST($16::text[], $17::text[], $18::numeric[], $19::timestamptz[], $20::timestamptz[],
                          $21::uuid[], $22::int8[])
+    WHERE (SELECT count(*) FROM new_tickets) + (SELECT count(*) FROM new_lines) >= 0
 ",
     products_on_conflict!()
 );

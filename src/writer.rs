@@ -199,18 +199,20 @@ impl Writer {
             }
         };
         let (max_tickets, max_bytes) = (self.tuning.max_tickets(), self.tuning.max_bytes());
-        let deadline = Instant::now() + Duration::from_millis(self.tuning.max_wait_ms());
+        let wait = Duration::from_millis(self.tuning.max_wait_ms());
+        let deadline = Instant::now() + wait;
         let mut bytes = first.permit.bytes();
         let mut batch = Vec::with_capacity(max_tickets.min(1024));
         batch.push(first);
         while batch.len() < max_tickets && bytes < max_bytes {
-            match self.queue.recv_deadline(deadline) {
-                Ok(job) => {
-                    bytes += job.permit.bytes();
-                    batch.push(job);
-                }
-                Err(_) => break,
-            }
+            // Not `recv_deadline` with a deadline already due: crossbeam
+            // backs off (spins, then `sched_yield`s) before it looks at the
+            // deadline — thousands of system calls a second under load.
+            let next =
+                if wait.is_zero() { self.queue.try_recv().ok() } else { self.queue.recv_deadline(deadline).ok() };
+            let Some(job) = next else { break };
+            bytes += job.permit.bytes();
+            batch.push(job);
         }
         Some(batch)
     }
