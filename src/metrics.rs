@@ -39,6 +39,11 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriterLabels {
+    pub writer: usize,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 #[derive(Debug)]
@@ -59,6 +64,7 @@ pub struct Metrics {
     pub batch_max_bytes: Gauge,
     pub batch_max_wait: Gauge<f64, AtomicU64>,
     pub batch_size: Histogram,
+    pub batches: Family<WriterLabels, Counter>,
     pub flush_duration: Histogram,
     pub tickets_written: Counter,
     pub lines_written: Counter,
@@ -98,6 +104,7 @@ impl Metrics {
             batch_max_bytes: Gauge::default(),
             batch_max_wait: Gauge::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            batches: Family::default(),
             flush_duration: latency_histogram(),
             tickets_written: Counter::default(),
             lines_written: Counter::default(),
@@ -174,6 +181,11 @@ impl Metrics {
             self.batch_max_wait.clone(),
         );
         registry.register("batch_size", "Tickets per flushed batch", self.batch_size.clone());
+        registry.register(
+            "batches",
+            "Batches flushed, by writer (1 and up only help with a backlog)",
+            self.batches.clone(),
+        );
         registry.register_with_unit(
             "flush_duration",
             "Time to write and commit one batch, retries included",

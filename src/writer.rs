@@ -2,7 +2,11 @@
 //! PostgreSQL.
 //!
 //! Each writer owns one database connection and a small single-threaded
-//! tokio runtime, and repeats one step: **collect** a batch (block for the
+//! tokio runtime. Writer 0 always writes; the others are spares that only
+//! take a batch while a full one (`batch_max_tickets`) is already waiting:
+//! for the small batches of live traffic one writer is faster (a second
+//! one competes for the two cores and for the hot products' rows), while a
+//! backlog or heavy tickets need them all. A writer repeats one step: **collect** a batch (block for the
 //! first ticket, then take more until `batch_max_tickets`, `batch_max_bytes`
 //! or `batch_max_wait_ms` after the first), **flush** it in one transaction
 //! ([`store::write_batch`]), **report** (answer the `ack = commit` requests,
@@ -39,13 +43,15 @@ use tokio::sync::oneshot;
 
 use crate::admission::{Admission, Permit};
 use crate::config::Settings;
-use crate::metrics::{KindLabels, Metrics};
+use crate::metrics::{KindLabels, Metrics, WriterLabels};
 use crate::store::{self, NewTicket, Written};
 use crate::ticket::{Problem, Status};
 use crate::wal::Wal;
 
 /// How often an idle writer checks whether the service is shutting down.
 const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How often an idle spare writer looks at the queue's depth.
+const SPARE_POLL: Duration = Duration::from_millis(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -191,6 +197,10 @@ impl Writer {
     /// lines would be 750 000 rows encoded at once.
     fn collect_batch(&self) -> Option<Vec<Job>> {
         let first = loop {
+            if self.stands_by() {
+                std::thread::sleep(SPARE_POLL);
+                continue;
+            }
             match self.queue.recv_timeout(IDLE_POLL) {
                 Ok(job) => break job,
                 Err(RecvTimeoutError::Timeout) if self.admission.is_drained() => return None,
@@ -217,12 +227,19 @@ impl Writer {
         Some(batch)
     }
 
+    /// A spare writer waits while less than a full batch is queued — until
+    /// shutdown, when every writer helps drain the queue.
+    fn stands_by(&self) -> bool {
+        self.number > 0 && self.queue.len() < self.tuning.max_tickets() && !self.admission.is_closed()
+    }
+
     fn flush(&mut self, batch: &[Job]) {
         let started = Instant::now();
         let tickets: Vec<&NewTicket> = batch.iter().map(|job| &job.ticket).collect();
         self.in_wal = batch.iter().all(|job| job.wal_seq.is_some());
         self.write_until_stored(&tickets);
         self.metrics.batch_size.observe(batch.len() as f64);
+        self.metrics.batches.get_or_create(&WriterLabels { writer: self.number }).inc();
         self.metrics.flush_duration.observe(started.elapsed().as_secs_f64());
     }
 

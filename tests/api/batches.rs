@@ -131,6 +131,7 @@ async fn two_writers_on_the_same_hot_products_neither_deadlock_nor_let_an_older_
     let times_seen: Vec<i64> =
         sqlx::query_scalar("SELECT times_seen FROM products").fetch_all(&app.db).await.expect("times seen");
     assert_eq!(times_seen, vec![400; 5]);
+    assert!(batches_of_writer(&app, 1).await >= 1.0, "both writers wrote");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,4 +188,51 @@ async fn a_batch_stops_growing_once_its_tickets_reach_batch_max_bytes() {
     assert_eq!(value("ticket_ingest_batch_size_sum"), 12.0);
     assert!(value("ticket_ingest_batch_size_count") >= 6.0, "at most two tickets per batch: {metrics}");
     assert_eq!(value("ticket_ingest_batch_max_bytes"), 2048.0);
+}
+
+/// `ticket_ingest_batches_total{writer="N"}`, 0 when absent.
+async fn batches_of_writer(app: &crate::helpers::TestApp, writer: usize) -> f64 {
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    let prefix = format!("ticket_ingest_batches_total{{writer=\"{writer}\"}} ");
+    metrics.lines().find_map(|line| line.strip_prefix(&prefix)?.parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_backlog_only_the_first_writer_writes() {
+    let app = spawn_app_with(|settings| {
+        settings.writers = 3;
+        settings.batch_max_tickets = 100;
+    })
+    .await;
+
+    for order in 0..20 {
+        assert_eq!(app.post_ticket(numbered_ticket(order)).await.status(), 202);
+    }
+
+    app.wait_for_count("tickets", 20).await;
+    assert!(batches_of_writer(&app, 0).await >= 1.0);
+    assert_eq!((batches_of_writer(&app, 1).await, batches_of_writer(&app, 2).await), (0.0, 0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spare_writers_join_once_a_full_batch_is_waiting() {
+    let app = spawn_app_with(|settings| {
+        settings.writers = 2;
+        settings.batch_max_tickets = 5;
+    })
+    .await;
+    let mut locker = app.db.acquire().await.expect("locker");
+    sqlx::Executor::execute(&mut *locker, "BEGIN; LOCK TABLE tickets IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+
+    for order in 0..40 {
+        assert_eq!(app.post_ticket(numbered_ticket(order)).await.status(), 202);
+    }
+    // Writer 0 is stuck on the lock with its batch; the spare takes the next.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    sqlx::Executor::execute(&mut *locker, "ROLLBACK").await.expect("unlock");
+    drop(locker);
+
+    app.wait_for_count("tickets", 40).await;
+    assert!(batches_of_writer(&app, 1).await >= 1.0, "the spare writer wrote nothing");
+    assert_eq!(app.count("ticket_lines").await, 80);
 }
