@@ -3,7 +3,8 @@
 //!
 //! Each writer owns one database connection and a small single-threaded
 //! tokio runtime. Writer 0 always writes; the others are spares that only
-//! take a batch while a full one (`batch_max_tickets`) is already waiting:
+//! take a batch while a full one (`batch_max_tickets` or `batch_max_bytes`)
+//! is already waiting:
 //! for the small batches of live traffic one writer is faster (a second
 //! one competes for the two cores and for the hot products' rows), while a
 //! backlog or heavy tickets need them all. A writer repeats one step: **collect** a batch (block for the
@@ -228,9 +229,14 @@ impl Writer {
     }
 
     /// A spare writer waits while less than a full batch is queued — until
-    /// shutdown, when every writer helps drain the queue.
+    /// shutdown, when every writer helps drain the queue. Full in tickets,
+    /// or in bytes: the tickets in flight hold two batches' worth, one
+    /// being written and one waiting (large tickets fill the byte budget
+    /// long before `batch_max_tickets` of them are queued).
     fn stands_by(&self) -> bool {
-        self.number > 0 && self.queue.len() < self.tuning.max_tickets() && !self.admission.is_closed()
+        let backlog = self.queue.len() >= self.tuning.max_tickets()
+            || self.admission.bytes() >= self.tuning.max_bytes().saturating_mul(2);
+        self.number > 0 && !backlog && !self.admission.is_closed()
     }
 
     fn flush(&mut self, batch: &[Job]) {

@@ -236,3 +236,26 @@ async fn spare_writers_join_once_a_full_batch_is_waiting() {
     assert!(batches_of_writer(&app, 1).await >= 1.0, "the spare writer wrote nothing");
     assert_eq!(app.count("ticket_lines").await, 80);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spare_writers_join_when_the_waiting_tickets_fill_a_batch_in_bytes() {
+    let app = spawn_app_with(|settings| {
+        settings.writers = 2;
+        settings.batch_max_tickets = 500;
+        // Two tickets fill a batch; 20 queued are far from 500.
+        settings.batch_max_bytes = 2048;
+    })
+    .await;
+    let mut locker = app.db.acquire().await.expect("locker");
+    sqlx::Executor::execute(&mut *locker, "BEGIN; LOCK TABLE tickets IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+
+    for order in 0..20 {
+        assert_eq!(app.post_ticket(numbered_ticket(order)).await.status(), 202);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    sqlx::Executor::execute(&mut *locker, "ROLLBACK").await.expect("unlock");
+    drop(locker);
+
+    app.wait_for_count("tickets", 20).await;
+    assert!(batches_of_writer(&app, 1).await >= 1.0, "the spare writer wrote nothing");
+}
