@@ -1,8 +1,9 @@
 //! SIGHUP: read the configuration again and apply what can change safely
 //! while running — `batch_max_tickets`, `batch_max_wait_ms`,
-//! `batch_max_bytes` (the next batch uses them) and `log_level` — logging each change as old → new. Any other
-//! key that changed is reported as needing a restart; a configuration that
-//! does not load is refused with its message and the running one is kept.
+//! `batch_max_bytes` (the next batch uses them) and `log_level` — logging
+//! each change as old → new. Any other key that changed is reported as
+//! needing a restart; a configuration that does not load is refused with
+//! its message and the running one is kept.
 
 use std::sync::Arc;
 
