@@ -197,6 +197,22 @@ async fn batches_of_writer(app: &crate::helpers::TestApp, writer: usize) -> f64 
     metrics.lines().find_map(|line| line.strip_prefix(&prefix)?.parse().ok()).unwrap_or(0.0)
 }
 
+/// Posts `count` tickets while the tickets table is locked — writer 0 is
+/// stuck with its first batch, so the rest queue up — then unlocks and
+/// waits until all are stored.
+async fn post_while_tickets_are_locked(app: &crate::helpers::TestApp, count: u64) {
+    let mut locker = app.db.acquire().await.expect("locker");
+    sqlx::Executor::execute(&mut *locker, "BEGIN; LOCK TABLE tickets IN ACCESS EXCLUSIVE MODE").await.expect("lock");
+    for order in 0..count {
+        assert_eq!(app.post_ticket(numbered_ticket(order)).await.status(), 202);
+    }
+    // Time for a spare writer to see the queue and take a batch.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    sqlx::Executor::execute(&mut *locker, "ROLLBACK").await.expect("unlock");
+    drop(locker);
+    app.wait_for_count("tickets", count as i64).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_backlog_only_the_first_writer_writes() {
     let app = spawn_app_with(|settings| {
@@ -221,18 +237,7 @@ async fn spare_writers_join_once_a_full_batch_is_waiting() {
         settings.batch_max_tickets = 5;
     })
     .await;
-    let mut locker = app.db.acquire().await.expect("locker");
-    sqlx::Executor::execute(&mut *locker, "BEGIN; LOCK TABLE tickets IN ACCESS EXCLUSIVE MODE").await.expect("lock");
-
-    for order in 0..40 {
-        assert_eq!(app.post_ticket(numbered_ticket(order)).await.status(), 202);
-    }
-    // Writer 0 is stuck on the lock with its batch; the spare takes the next.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    sqlx::Executor::execute(&mut *locker, "ROLLBACK").await.expect("unlock");
-    drop(locker);
-
-    app.wait_for_count("tickets", 40).await;
+    post_while_tickets_are_locked(&app, 40).await;
     assert!(batches_of_writer(&app, 1).await >= 1.0, "the spare writer wrote nothing");
     assert_eq!(app.count("ticket_lines").await, 80);
 }
@@ -246,16 +251,6 @@ async fn spare_writers_join_when_the_waiting_tickets_fill_a_batch_in_bytes() {
         settings.batch_max_bytes = 2048;
     })
     .await;
-    let mut locker = app.db.acquire().await.expect("locker");
-    sqlx::Executor::execute(&mut *locker, "BEGIN; LOCK TABLE tickets IN ACCESS EXCLUSIVE MODE").await.expect("lock");
-
-    for order in 0..20 {
-        assert_eq!(app.post_ticket(numbered_ticket(order)).await.status(), 202);
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    sqlx::Executor::execute(&mut *locker, "ROLLBACK").await.expect("unlock");
-    drop(locker);
-
-    app.wait_for_count("tickets", 20).await;
+    post_while_tickets_are_locked(&app, 20).await;
     assert!(batches_of_writer(&app, 1).await >= 1.0, "the spare writer wrote nothing");
 }
