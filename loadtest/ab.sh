@@ -67,10 +67,11 @@ for round in $(seq 1 "$rounds"); do
         started="$(date +%s%N)"
         load "http://127.0.0.1:$port/ticket" >"$work/wrk.txt"
         accepted="$(awk '$1 == "status" && $2 == "202:" { print $3 }' "$work/wrk.txt")"
+        finished="$(python3 loadtest/wait_committed.py "$port" 120)"
         until [ "$(psql "$server_url/$database" -qtAc 'SELECT count(*) FROM tickets')" -ge "${accepted:-0}" ]; do
-            sleep 0.05
+            sleep 0.5
         done
-        committed=$(( ${accepted:-0} * 1000000000 / ($(date +%s%N) - started) ))
+        committed=$(( ${accepted:-0} * 1000000000 / (finished - started) ))
         printf '  %-40s %6d committed tickets/s  %s x nginx  p50 %s p99 %s  peak RSS %d MiB\n' \
             "$command" "$committed" "$(echo "scale=2; $committed / $nginx_rps" | bc)" \
             "$(awk '$1 == "50%" { print $2 }' "$work/wrk.txt")" "$(awk '$1 == "99%" { print $2 }' "$work/wrk.txt")" \

@@ -137,13 +137,8 @@ started_ns="$(date +%s%N)"
 wrk_run "http://127.0.0.1:$service_port/ticket" "$work/ingest.txt"
 accepted="$(accepted_of "$work/ingest.txt")"
 accepted="${accepted:-0}"
-landed=0
-for _ in $(seq 1 1200); do
-    landed="$(sql "SELECT count(*) FROM tickets")"
-    [ "$landed" -ge "$accepted" ] && break
-    sleep 0.05
-done
-committed_ns="$(date +%s%N)"
+committed_ns="$(python3 loadtest/wait_committed.py "$service_port" 60)" || committed_ns="$(date +%s%N)"
+landed="$(sql "SELECT count(*) FROM tickets")"
 peak_rss_kb="$(awk '/VmHWM/ { print $2 }' "/proc/$service_pid/status")"
 elapsed_s="$(echo "scale=3; ($committed_ns - $started_ns) / 1000000000" | bc)"
 ingest_rps="$(echo "$accepted / $elapsed_s" | bc)"
@@ -196,8 +191,9 @@ if [ "$backlog" -gt 0 ]; then
     # Killing psql would not end the server's pg_sleep: end the session itself.
     sql "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'bench-locker'" >/dev/null
     wait "$locker" 2>/dev/null || true
-    until [ "$(sql "SELECT count(*) FROM tickets")" -ge "$held" ]; do sleep 0.05; done
-    drain_ns=$(( $(date +%s%N) - drain_started ))
+    drained_ns="$(python3 loadtest/wait_committed.py "$service_port" 600)"
+    until [ "$(sql "SELECT count(*) FROM tickets")" -ge "$held" ]; do sleep 0.5; done
+    drain_ns=$(( drained_ns - drain_started ))
     drain_rps="$(echo "$held * 1000000000 / $drain_ns" | bc)"
     kill -TERM "$service_pid"; wait "$service_pid" || true
 fi

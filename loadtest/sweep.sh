@@ -60,11 +60,11 @@ run_point() { # ACK WRITERS BATCH
     started="$(date +%s%N)"
     wrk -t1 -c50 -d"${duration}s" --latency -s "$script" "http://127.0.0.1:$service_port/ticket" >"$work/wrk.txt"
     accepted="$(awk '$1 == "status" && $2 == "202:" { print $3 }' "$work/wrk.txt")"
+    finished="$(python3 loadtest/wait_committed.py "$service_port" 120)"
     until [ "$landed" -ge "${accepted:-0}" ]; do
         landed="$(psql "$server_url/$database" -tAc "SELECT count(*) FROM tickets")"
-        sleep 0.05
+        [ "$landed" -ge "${accepted:-0}" ] || sleep 0.5
     done
-    finished="$(date +%s%N)"
     batches="$(metric ticket_ingest_batch_size_count)"
     kill -TERM "$pid"; wait "$pid" || true
     psql "$server_url/postgres" -qc "DROP DATABASE $database"
