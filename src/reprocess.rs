@@ -84,10 +84,12 @@ struct StoredTicket {
     raw: Vec<u8>,
 }
 
+/// `status <> 'ok'` repeats what `--status` guarantees, so that the partial
+/// index `tickets_with_problems` also serves the generic plan of `$1`.
 const SELECT_BATCH: &str = "
     SELECT id, received_at, status, order_id, vat, total, problems, raw
     FROM tickets
-    WHERE status = $1 AND received_at >= $2 AND (received_at, id) > ($3, $4)
+    WHERE status = $1 AND status <> 'ok' AND received_at >= $2 AND (received_at, id) > ($3, $4)
     ORDER BY received_at, id
     LIMIT $5";
 
@@ -110,7 +112,8 @@ pub async fn run(database_url: &str, options: &Options) -> anyhow::Result<Summar
     let since = options.since.unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let mut cursor = start_cursor(&mut connection, options.after_id, since).await?;
     let total: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM tickets WHERE status = $1 AND received_at >= $2 AND (received_at, id) > ($3, $4)",
+        "SELECT count(*) FROM tickets
+         WHERE status = $1 AND status <> 'ok' AND received_at >= $2 AND (received_at, id) > ($3, $4)",
     )
     .bind(&options.status)
     .bind(since)
