@@ -27,10 +27,11 @@
 //!   record pending, writes them with one `write`, `fdatasync`s once, then
 //!   answers all of them. A failed write or sync answers every record of
 //!   that group with an error (the request gets `503`, never a false `202`).
-//! - **Cheap syncs**: the active segment is filled with zeros up to 1 MiB
-//!   ahead of its records, so that most `fdatasync`s overwrite blocks that
-//!   exist and flush the data alone, not the file size too. A record header
-//!   of zeros is the end of the log.
+//! - **Cheap syncs**: the active segment is filled with zeros ahead of its
+//!   records, 1 MiB at a time once fewer than 512 KiB are left, so that
+//!   nearly every `fdatasync` overwrites blocks that exist and flushes the
+//!   data alone, not the file size too. A record header of zeros is the
+//!   end of the log.
 //! - **Recovery**: at start every segment is read back. The first record
 //!   whose length is impossible, whose payload is cut short or whose CRC does
 //!   not match ends the segment: the file is truncated there (a torn tail
@@ -358,7 +359,12 @@ impl Appender {
         };
         let end = segment.bytes + self.buffer.len() as u64;
         file.write_all_at(&self.buffer, segment.bytes)?;
-        self.zeroed_to = zero_ahead(file, self.zeroed_to.max(end), (end + ZERO_AHEAD).min(self.segment_bytes))?;
+        // Zeros go down a whole ZERO_AHEAD at a time, once the records come
+        // within half of it: only the group that lays them down extends the
+        // file, every other one overwrites blocks that exist.
+        if self.zeroed_to < end + ZERO_AHEAD / 2 {
+            self.zeroed_to = zero_ahead(file, self.zeroed_to.max(end), (end + ZERO_AHEAD).min(self.segment_bytes))?;
+        }
         let synced = Instant::now();
         file.sync_data()?;
         self.metrics.wal_fsync_duration.observe(synced.elapsed().as_secs_f64());
@@ -676,6 +682,22 @@ mod tests {
         assert_eq!(recovered.len(), 1);
         assert_eq!(metrics.wal_truncations.get(), 1);
         assert_eq!(fs::metadata(&file).expect("meta").len(), second_start as u64);
+    }
+
+    #[test]
+    fn small_groups_overwrite_the_zeros_and_leave_the_file_size_alone() {
+        let dir = temp_dir();
+        let (wal, thread, _) = open(&dir, 64 << 20);
+        let length = || fs::metadata(segment_files(&dir)[0].as_path()).expect("meta").len();
+        append_all(&wal, &[record(1)]);
+        let laid_down = length();
+        append_all(&wal, &(2..100).map(record).collect::<Vec<_>>());
+        assert_eq!(length(), laid_down, "99 groups, no size change to flush");
+
+        let large = WalRecord { raw: Bytes::from(vec![b'x'; 300 * 1024]), ..record(100) };
+        append_all(&wal, &[large.clone(), large]);
+        assert!(length() >= laid_down + ZERO_AHEAD / 2, "records near the end of the zeros lay down more");
+        thread.stop();
     }
 
     #[test]
