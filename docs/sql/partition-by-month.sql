@@ -28,10 +28,10 @@ CREATE TABLE tickets (
     total           numeric(12, 2),
     problems        jsonb,
     raw             bytea NOT NULL,
-    PRIMARY KEY (id, received_at),
-    UNIQUE (idempotency_key, received_at)
+    PRIMARY KEY (id, received_at)
 ) PARTITION BY RANGE (received_at);
-CREATE INDEX ON tickets (status, received_at);
+CREATE UNIQUE INDEX ON tickets (idempotency_key, received_at) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX ON tickets (status, received_at, id) WHERE status <> 'ok';
 CREATE INDEX ON tickets (order_id);
 
 CREATE TABLE ticket_lines (
