@@ -150,6 +150,11 @@ pg_start() {
         fi
         return 0
     fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "port $port on 127.0.0.1 is already taken (another PostgreSQL, perhaps the cluster of another clone)." >&2
+        echo "Pick a free one, e.g.: TICKET_INGEST_PG_PORT=$(pg_free_port "$port") $0" >&2
+        return 1
+    fi
     # Throwaway/dev tuning, durability untouched: fsync and synchronous_commit
     # are set on explicitly so no stray configuration can turn them off.
     if ! pg_as_owner "$PG_BINDIR/pg_ctl" -D "$data" -w -t 60 -l "$data/server.log" \
