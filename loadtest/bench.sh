@@ -153,6 +153,10 @@ kill -TERM "$service_pid"; wait "$service_pid" || true
 echo "==> COPY of the same $landed tickets and $lines lines"
 sql "CREATE TABLE copy_tickets (LIKE tickets INCLUDING ALL); CREATE TABLE copy_lines (LIKE ticket_lines INCLUDING ALL)"
 sql "COPY tickets TO '$work/tickets.bin' WITH (FORMAT binary); COPY ticket_lines TO '$work/lines.bin' WITH (FORMAT binary)"
+# Both timed bulk writes (COPY, and the backlog drain below) start right
+# after a checkpoint, so that neither pays for the other's dirty pages or
+# for the full-page images a checkpoint in the middle would add.
+sql "CHECKPOINT"
 copy_started="$(date +%s%N)"
 psql "$database_url" -qc "BEGIN; COPY copy_tickets FROM '$work/tickets.bin' WITH (FORMAT binary); COPY copy_lines FROM '$work/lines.bin' WITH (FORMAT binary); COMMIT;"
 copy_ns=$(( $(date +%s%N) - copy_started ))
@@ -162,7 +166,7 @@ copy_rps="$(echo "$landed * 1000000000 / $copy_ns" | bc)"
 drain_rps=""
 if [ "$backlog" -gt 0 ]; then
     echo "==> backlog: $backlog tickets accepted while the writers are held back"
-    sql "TRUNCATE tickets, ticket_lines, products"
+    sql "TRUNCATE tickets, ticket_lines, products; CHECKPOINT"
     PGAPPNAME=bench-locker psql "$database_url" -qc \
         "BEGIN; LOCK TABLE tickets IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);" >/dev/null 2>&1 &
     locker=$!
