@@ -101,30 +101,29 @@ const UPSERT_PRODUCTS: &str = concat!(
 /// without `ON CONFLICT` so that a ticket already stored fails it whole.
 /// The products upsert runs last: it locks the hot rows every writer
 /// touches, and holds them until the commit, so the tickets and lines go
-/// first. PostgreSQL runs a `WITH` sub-statement nobody reads *after* the
-/// main one, so the upsert waits on the counts of the two CTEs (its
-/// one-time filter) instead.
+/// first. PostgreSQL runs the main statement first, then the `WITH`
+/// sub-statements nobody reads, the last one written first: tickets, lines,
+/// products. Nothing reads them, so no row is kept for a `RETURNING`.
 const WRITE_FRESH_BATCH: &str = concat!(
     "
-    WITH new_tickets AS (
-        INSERT INTO tickets (id, received_at, idempotency_key, status, order_id, vat, total, problems, raw)
-        SELECT id, received_at, idempotency_key, status, order_id, vat, total, problems::jsonb, raw
-        FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
-                    $6::numeric[], $7::numeric[], $8::text[], $9::bytea[])
-             AS t(id, received_at, idempotency_key, status, order_id, vat, total, problems, raw)
-        RETURNING 1
+    WITH upserted_products AS (
+        INSERT INTO products AS p (product_id, name, price, first_seen_at, last_seen_at, last_ticket_id, times_seen)
+        SELECT * FROM UNNEST($16::text[], $17::text[], $18::numeric[], $19::timestamptz[], $20::timestamptz[],
+                             $21::uuid[], $22::int8[])
+",
+    products_on_conflict!(),
+    "
     ), new_lines AS (
         INSERT INTO ticket_lines (ticket_id, received_at, line_no, product_id, name, price)
         SELECT * FROM UNNEST($10::uuid[], $11::timestamptz[], $12::int4[], $13::text[], $14::text[],
                              $15::numeric[])
-        RETURNING 1
     )
-    INSERT INTO products AS p (product_id, name, price, first_seen_at, last_seen_at, last_ticket_id, times_seen)
-    SELECT * FROM UNNEST($16::text[], $17::text[], $18::numeric[], $19::timestamptz[], $20::timestamptz[],
-                         $21::uuid[], $22::int8[])
-    WHERE (SELECT count(*) FROM new_tickets) + (SELECT count(*) FROM new_lines) >= 0
-",
-    products_on_conflict!()
+    INSERT INTO tickets (id, received_at, idempotency_key, status, order_id, vat, total, problems, raw)
+    SELECT id, received_at, idempotency_key, status, order_id, vat, total, problems::jsonb, raw
+    FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+                $6::numeric[], $7::numeric[], $8::text[], $9::bytea[])
+         AS t(id, received_at, idempotency_key, status, order_id, vat, total, problems, raw)
+"
 );
 
 /// `unique_violation`: the fast path met a ticket that is already stored.
@@ -151,10 +150,12 @@ pub async fn write_batch(connection: &mut PgConnection, batch: &[&NewTicket]) ->
 pub async fn write_fresh_batch(connection: &mut PgConnection, batch: &[&NewTicket]) -> Result<Written, sqlx::Error> {
     let lines = LineColumns::new(batch);
     let line_count = lines.ticket_ids.len() as u64;
+    // Every distinct product of the batch is inserted or updated: one row each.
+    let products = ProductColumns::new(batch);
+    let product_count = products.product_ids.len() as u64;
     let query = sqlx::query(WRITE_FRESH_BATCH);
-    let query = ProductColumns::new(batch).bind(lines.bind(TicketColumns::new(batch).bind(query)));
-    let products = query.execute(connection).await?.rows_affected();
-    Ok(Written { tickets: batch.len() as u64, lines: line_count, products })
+    products.bind(lines.bind(TicketColumns::new(batch).bind(query))).execute(connection).await?;
+    Ok(Written { tickets: batch.len() as u64, lines: line_count, products: product_count })
 }
 
 /// The careful path: one statement per table in one transaction, skipping

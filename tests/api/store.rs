@@ -47,6 +47,7 @@ async fn a_fresh_batch_is_written_whole_in_one_statement() {
     assert_eq!(count(&db, "tickets").await, 3);
     assert_eq!(count(&db, "ticket_lines").await, lines);
     assert_eq!(times_seen(&db).await, lines);
+    assert_eq!(written.products as i64, count(&db, "products").await, "one row per distinct product");
 }
 
 #[tokio::test]
