@@ -298,7 +298,10 @@ async fn read_body(settings: &Settings, headers: &HeaderMap, body: Incoming) -> 
     if gzip {
         return gunzip(&bytes, settings.max_body_bytes);
     }
-    Ok(bytes)
+    // A copy the size of the body: hyper's slice would keep its connection's
+    // whole read buffer (8 KiB or more) alive for as long as the ticket waits
+    // for the writers, where the admission budget counts the body's length.
+    Ok(Bytes::copy_from_slice(&bytes))
 }
 
 /// Inflates at most `max + 1` bytes, so a gzip bomb is refused, not inflated.
@@ -309,6 +312,7 @@ fn gunzip(encoded: &[u8], max: usize) -> Result<Bytes, Refused> {
     if decoded.len() > max {
         return Err(Refused::TooLarge);
     }
+    decoded.shrink_to_fit(); // the budget counts the length, not the guess
     Ok(Bytes::from(decoded))
 }
 
