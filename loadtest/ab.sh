@@ -29,6 +29,11 @@ while [ $# -gt 2 ]; do
     esac
 done
 [ $# -eq 2 ] || { sed -n '2,16p' "$0"; exit 2; }
+# shellcheck source=loadtest/need.sh
+source loadtest/need.sh
+need wrk
+need nginx nginx-light
+need python3
 # TICKETS_FILE= (empty) posts realistic generated tickets instead.
 if [ "${TICKETS_FILE-loadtest/ticket.txt}" = "" ]; then
     unset TICKETS_FILE

@@ -19,8 +19,8 @@
 #                     [-- extra ticket-ingest flags, e.g. --writers 3]
 #
 # Database: TICKET_INGEST_DATABASE_URL's server when set (a fresh database is
-# created in it), else the private cluster of scripts/pg.sh. Installs wrk and
-# nginx with apt-get when missing and root.
+# created in it), else the private cluster of scripts/pg.sh. Installs wrk,
+# nginx and python3 with apt-get when missing and root.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -44,13 +44,11 @@ while [ $# -gt 0 ]; do
 done
 extra_flags=("$@")
 
-need() {
-    command -v "$1" >/dev/null && return
-    [ "$(id -u)" -eq 0 ] || { echo "$1 is missing: sudo apt-get install $2" >&2; exit 1; }
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-}
-need wrk wrk
+# shellcheck source=loadtest/need.sh
+source loadtest/need.sh
+need wrk
 need nginx nginx-light
+need python3
 
 echo "==> building the release binary"
 cargo build --release --quiet

@@ -24,7 +24,9 @@ while [ $# -gt 0 ]; do
         *) sed -n '2,12p' "$0"; exit 2 ;;
     esac
 done
-command -v wrk >/dev/null || { echo "wrk is missing: apt-get install wrk" >&2; exit 1; }
+# shellcheck source=loadtest/need.sh
+source loadtest/need.sh
+need wrk
 
 echo "==> building the release binary"
 cargo build --release --quiet

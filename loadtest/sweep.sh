@@ -27,12 +27,11 @@ while [ $# -gt 0 ]; do
 done
 script=loadtest/tickets.lua
 [ "$traffic" = sample ] && export TICKETS_FILE=loadtest/ticket.txt
-for tool in wrk gnuplot; do
-    command -v "$tool" >/dev/null && continue
-    [ "$(id -u)" -eq 0 ] || { echo "$tool is missing: sudo apt-get install $tool" >&2; exit 1; }
-    package="$tool"; [ "$tool" = gnuplot ] && package=gnuplot-nox
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null
-done
+# shellcheck source=loadtest/need.sh
+source loadtest/need.sh
+need wrk
+need gnuplot gnuplot-nox
+need python3
 cargo build --release --quiet
 binary="$repo/target/release/ticket-ingest"
 server_url="$(pg_server_for_load_tests "$repo")"
