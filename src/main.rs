@@ -61,31 +61,39 @@ fn parse_rfc3339(text: &str) -> Result<time::OffsetDateTime, String> {
 /// Flags override every other source; each is named after its config key.
 #[derive(Args, Serialize)]
 struct Overrides {
+    /// Address to bind, e.g. 0.0.0.0:9098
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
+    /// PostgreSQL URL
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     database_url: Option<String>,
-    /// commit | memory
+    /// wal | commit | memory: when POST /ticket is answered 202
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     ack: Option<String>,
+    /// Tickets accepted but not yet committed, at most
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     queue_capacity: Option<usize>,
+    /// Batch writer threads (one PostgreSQL connection each)
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     writers: Option<usize>,
+    /// A batch is flushed at this many tickets
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     batch_max_tickets: Option<usize>,
+    /// ... or this long after its first ticket (0: at once)
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     batch_max_wait_ms: Option<u64>,
+    /// ... or at this many bytes of tickets
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     batch_max_bytes: Option<usize>,
+    /// Largest accepted body, after gzip decoding
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_body_bytes: Option<usize>,
@@ -93,6 +101,7 @@ struct Overrides {
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<String>,
+    /// error | warn | info | debug | trace, or a tracing filter
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_level: Option<String>,
