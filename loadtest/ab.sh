@@ -55,9 +55,10 @@ load() { wrk -t1 -c50 -d"${duration}s" --latency -s loadtest/tickets.lua "$1"; }
 
 for round in $(seq 1 "$rounds"); do
     nginx -c "$work/nginx.conf"; sleep 0.3
-    nginx_rps="$(load "http://127.0.0.1:$nginx_port/ticket" | awk '/^Requests\/sec:/ { printf "%d", $2 }')"
+    load "http://127.0.0.1:$nginx_port/ticket" >"$work/nginx.txt"
+    nginx_rps="$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$work/nginx.txt")"
     nginx -c "$work/nginx.conf" -s stop 2>/dev/null; sleep 0.3
-    echo "round $round: nginx $nginx_rps req/s"
+    echo "round $round: nginx $nginx_rps req/s  $(awk '$1 == "50%" || $1 == "99%" { printf "p%s %s ", substr($1, 1, 2), $2 }' "$work/nginx.txt")"
     for command in "$1" "$2"; do
         database="ab_$(date +%s%N)"
         psql "$server_url/postgres" -qc "CREATE DATABASE $database"

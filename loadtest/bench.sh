@@ -204,7 +204,8 @@ fi
 ratio() { echo "scale=2; $1 / $2" | bc; }
 echo
 echo "ticket-ingest bench: ack=$ack, wrk -t1 -c$connections -d${duration}s, traffic=$traffic (zipf=$zipf, malformed=$malformed) ${extra_flags[*]}"
-printf '  %-44s %10s req/s\n' "nginx return 200" "$nginx_rps"
+printf '  %-44s %10s req/s      (p50 %s, p99 %s)\n' "nginx return 200" "$nginx_rps" \
+    "$(percentile "$work/nginx.txt" 50)" "$(percentile "$work/nginx.txt" 99)"
 printf '  %-44s %10s tickets/s  (%s x nginx)\n' "ticket-ingest answered+committed" "$ingest_rps" "$(ratio "$ingest_rps" "$nginx_rps")"
 printf '  %-44s %10s tickets/s  (ticket-ingest = %s x COPY)\n' "COPY of the same rows ($lines lines)" "$copy_rps" "$(ratio "$ingest_rps" "$copy_rps")"
 if [ -n "$drain_rps" ]; then
