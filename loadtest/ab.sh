@@ -9,7 +9,10 @@
 # `wrk -t1 -c50` with the sample ticket (TICKETS_FILE, default
 # loadtest/ticket.txt; set it empty for loadtest/tickets.lua's realistic
 # tickets), then waits until every accepted ticket is committed,
-# and prints committed tickets/s, the ratio to nginx, p50/p99 and peak RSS.
+# and prints committed tickets/s, the ratio to nginx, p50/p99, peak RSS, and
+# the CPU time per committed ticket (from wrk's start to the last commit) of
+# the service, of the local PostgreSQL cluster's processes, and of the whole
+# machine (wrk and the kernel included): less noisy than the rates.
 # Environment: ACK (default wal), FLAGS (extra serve flags, applied to both),
 # WAL_DIR (default a temporary directory). Build copies first:
 # cp target/release/ticket-ingest /tmp/a.
@@ -25,10 +28,10 @@ while [ $# -gt 2 ]; do
     case "$1" in
         --rounds) rounds="$2"; shift 2 ;;
         --duration) duration="$2"; shift 2 ;;
-        *) sed -n '2,16p' "$0"; exit 2 ;;
+        *) sed -n '2,19p' "$0"; exit 2 ;;
     esac
 done
-[ $# -eq 2 ] || { sed -n '2,16p' "$0"; exit 2; }
+[ $# -eq 2 ] || { sed -n '2,19p' "$0"; exit 2; }
 # shellcheck source=loadtest/need.sh
 source loadtest/need.sh
 need wrk
@@ -53,6 +56,25 @@ http { access_log off; client_body_temp_path $work;
 NGINX
 load() { wrk -t1 -c50 -d"${duration}s" --latency -s loadtest/tickets.lua "$1"; }
 
+# CPU time, in clock ticks: of processes; of the private cluster's processes
+# (none counted for a TICKET_INGEST_DATABASE_URL server, which may be
+# remote); of the whole machine, busy.
+ticks() {
+    local pid sum=0
+    for pid in "$@"; do sum=$((sum + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0))); done
+    echo "$sum"
+}
+postmaster=""
+if [ -z "${TICKET_INGEST_DATABASE_URL:-}" ]; then
+    postmaster="$(head -1 "$(pg_real_dir "$repo/.data/pg")/postmaster.pid" 2>/dev/null || true)"
+fi
+cluster_ticks() {
+    # shellcheck disable=SC2046 # one pid per word
+    if [ -n "$postmaster" ]; then ticks $(pgrep -P "$postmaster"); else echo 0; fi
+}
+busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+per_ticket_us() { echo $(( $1 * 1000000 / $(getconf CLK_TCK) / ($2 > 0 ? $2 : 1) )); }
+
 for round in $(seq 1 "$rounds"); do
     nginx -c "$work/nginx.conf"; sleep 0.3
     load "http://127.0.0.1:$nginx_port/ticket" >"$work/nginx.txt"
@@ -70,10 +92,13 @@ for round in $(seq 1 "$rounds"); do
             $command serve --config config/ticket-ingest.toml ${FLAGS:-} 2>>"$work/service.log" &
         pid=$!
         until curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do sleep 0.05; done
+        service_cpu="$(ticks "$pid")" cluster_cpu="$(cluster_ticks)" machine_cpu="$(busy_ticks)"
         started="$(date +%s%N)"
         load "http://127.0.0.1:$port/ticket" >"$work/wrk.txt"
         accepted="$(awk '$1 == "status" && $2 == "202:" { print $3 }' "$work/wrk.txt")"
         finished="$(python3 loadtest/wait_committed.py "$port" 120)"
+        service_cpu=$(( $(ticks "$pid") - service_cpu )) cluster_cpu=$(( $(cluster_ticks) - cluster_cpu ))
+        machine_cpu=$(( $(busy_ticks) - machine_cpu ))
         until [ "$(psql "$server_url/$database" -qtAc 'SELECT count(*) FROM tickets')" -ge "${accepted:-0}" ]; do
             sleep 0.5
         done
@@ -82,6 +107,9 @@ for round in $(seq 1 "$rounds"); do
             "$command" "$committed" "$(echo "scale=2; $committed / $nginx_rps" | bc)" \
             "$(awk '$1 == "50%" { print $2 }' "$work/wrk.txt")" "$(awk '$1 == "99%" { print $2 }' "$work/wrk.txt")" \
             "$(awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$pid/status")"
+        printf '  %-40s CPU per ticket: service %d µs, PostgreSQL %d µs, machine %d µs\n' "" \
+            "$(per_ticket_us "$service_cpu" "${accepted:-0}")" "$(per_ticket_us "$cluster_cpu" "${accepted:-0}")" \
+            "$(per_ticket_us "$machine_cpu" "${accepted:-0}")"
         kill -TERM "$pid"; wait "$pid" || true
         psql "$server_url/postgres" -qc "DROP DATABASE $database"
     done
