@@ -1,18 +1,29 @@
-//! The admission budget: how many tickets, and how many bytes of them, may
-//! be in flight (accepted, not yet committed) at once.
+//! The two budgets that bound what requests hold in memory.
 //!
-//! A request takes a [`Permit`] before it reads its body and the permit
+//! **Admission** ([`Admission`]): how many tickets, and how many bytes of
+//! them, may be in flight (accepted, not yet committed) at once. A request
+//! takes a [`Permit`] once its body is read and parsed, and the permit
 //! travels with the ticket through the queue; dropping it, after the
-//! ticket's batch committed, gives the place back. The permit also holds the
-//! ticket's bytes: first what its body may take while it is read, then what
-//! the parsed ticket costs ([`Permit::resize`]). When no place or no bytes
-//! are left the request is refused with `503` and `Retry-After`, so memory
-//! stays bounded whatever the tickets' size, the queue (sized to the budget)
-//! never has to refuse a ticket, and a database outage turns into
-//! backpressure instead of loss.
+//! ticket's batch committed, gives the place and the bytes back
+//! ([`Permit::resize`] sets what the parsed ticket costs). When no place or
+//! no bytes are left the request is refused with `503` and `Retry-After`,
+//! so memory stays bounded whatever the tickets' size, the queue (sized to
+//! the budget) never has to refuse a ticket, and a database outage turns
+//! into backpressure instead of loss.
+//!
+//! **Reception** ([`Reception`]): bytes of bodies being received, counted
+//! as they arrive ([`Receiving::hold`]), never as a client declares them,
+//! in all and per peer address. A slow client therefore holds only what it
+//! has sent, for no longer than the body deadlines allow, and never a place
+//! of the admission budget: a flood of slow or stalled bodies cannot refuse
+//! the tickets of fast clients, and one address cannot take the whole
+//! reception budget.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub struct Admission {
@@ -26,6 +37,8 @@ pub struct Admission {
     max_bytes: usize,
     /// Set at shutdown: no permit is granted any more.
     closed: AtomicBool,
+    /// When it was closed.
+    closed_at: OnceLock<Instant>,
 }
 
 /// Why no permit was granted.
@@ -52,6 +65,7 @@ impl Admission {
             bytes: AtomicUsize::new(0),
             max_bytes,
             closed: AtomicBool::new(false),
+            closed_at: OnceLock::new(),
         })
     }
 
@@ -73,7 +87,13 @@ impl Admission {
 
     /// Refuses every later request; permits already granted stay valid.
     pub fn close(&self) {
+        let _ = self.closed_at.set(Instant::now());
         self.closed.store(true, Ordering::Release);
+    }
+
+    /// How long ago the budget was closed (the shutdown began), if it was.
+    pub fn closed_for(&self) -> Option<Duration> {
+        self.closed_at.get().map(Instant::elapsed)
     }
 
     pub fn is_closed(&self) -> bool {
@@ -99,6 +119,13 @@ impl Admission {
 
     pub fn is_exhausted(&self) -> bool {
         self.in_flight() >= self.capacity || self.bytes() >= self.max_bytes
+    }
+
+    /// Whether a ticket taking `bytes` would get a permit now.
+    pub fn has_room_for(&self, bytes: usize) -> bool {
+        !self.is_closed()
+            && self.in_flight() < self.capacity
+            && (self.bytes() == 0 || self.bytes().saturating_add(bytes) <= self.max_bytes)
     }
 
     /// Closed and every permit given back: nothing accepted is left to write.
@@ -146,6 +173,126 @@ impl Drop for Permit {
         self.admission.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
         let previous = self.admission.in_flight.fetch_sub(1, Ordering::AcqRel);
         debug_assert!(previous > 0, "a permit was given back twice");
+    }
+}
+
+/// The budget of bytes of bodies being received; see the module docs.
+#[derive(Debug)]
+pub struct Reception {
+    bytes: AtomicUsize,
+    max_bytes: usize,
+    /// Bytes held per peer address; only kept when the per-peer bound is
+    /// below the whole budget.
+    per_peer: Option<Mutex<HashMap<IpAddr, usize>>>,
+    max_bytes_per_peer: usize,
+}
+
+/// The bytes one body holds while it is received, given back on drop.
+#[derive(Debug)]
+pub struct Receiving {
+    reception: Arc<Reception>,
+    peer: IpAddr,
+    bytes: usize,
+}
+
+impl Reception {
+    pub fn new(max_bytes: usize, max_bytes_per_peer: usize) -> Arc<Reception> {
+        let per_peer = (max_bytes_per_peer < max_bytes).then(|| Mutex::new(HashMap::new()));
+        Arc::new(Reception { bytes: AtomicUsize::new(0), max_bytes, per_peer, max_bytes_per_peer })
+    }
+
+    /// Starts receiving a body from `peer`, holding nothing yet.
+    pub fn start(self: &Arc<Self>, peer: IpAddr) -> Receiving {
+        Receiving { reception: Arc::clone(self), peer, bytes: 0 }
+    }
+
+    /// Bytes held by bodies being received.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Peers currently holding bytes (0 when peers are not counted).
+    pub fn peers(&self) -> usize {
+        self.per_peer.as_ref().map_or(0, |per_peer| lock(per_peer).len())
+    }
+
+    fn lock_peers(&self) -> Option<std::sync::MutexGuard<'_, HashMap<IpAddr, usize>>> {
+        self.per_peer.as_ref().map(lock)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Receiving {
+    /// Makes this body hold `bytes` (what its buffer takes now). Growing
+    /// fails when the budget, or this peer's share of it, would run over —
+    /// unless nothing else is being received, so that one body up to
+    /// `max_body_bytes` always gets through.
+    pub fn hold(&mut self, bytes: usize) -> Result<(), Refusal> {
+        let reception = &*self.reception;
+        if bytes <= self.bytes {
+            let freed = self.bytes - bytes;
+            reception.bytes.fetch_sub(freed, Ordering::AcqRel);
+            if let Some(mut peers) = reception.lock_peers() {
+                release_peer(&mut peers, self.peer, freed);
+            }
+            self.bytes = bytes;
+            return Ok(());
+        }
+        let growth = bytes - self.bytes;
+        let mut peers = reception.lock_peers();
+        if let Some(peers) = peers.as_mut() {
+            let held = peers.get(&self.peer).copied().unwrap_or(0);
+            if held > self.bytes && held + growth > reception.max_bytes_per_peer {
+                return Err(Refusal::Exhausted);
+            }
+        }
+        let mut current = reception.bytes.load(Ordering::Relaxed);
+        loop {
+            let alone = current == self.bytes;
+            if !alone && current + growth > reception.max_bytes {
+                return Err(Refusal::Exhausted);
+            }
+            match reception.bytes.compare_exchange_weak(current, current + growth, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
+        }
+        if let Some(peers) = peers.as_mut() {
+            *peers.entry(self.peer).or_insert(0) += growth;
+        }
+        self.bytes = bytes;
+        Ok(())
+    }
+
+    /// Bytes this body holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+fn release_peer(peers: &mut HashMap<IpAddr, usize>, peer: IpAddr, bytes: usize) {
+    if bytes == 0 {
+        return;
+    }
+    if let Some(held) = peers.get_mut(&peer) {
+        *held = held.saturating_sub(bytes);
+        if *held == 0 {
+            peers.remove(&peer);
+        }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        let _ = self.hold(0);
     }
 }
 
@@ -199,5 +346,50 @@ mod tests {
         assert_eq!(other.resize(1), Err(Refusal::Exhausted));
         drop(big);
         other.resize(100).expect("fits once the big one is gone");
+    }
+
+    fn peer(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    #[test]
+    fn received_bytes_are_held_as_they_arrive_and_given_back_on_drop() {
+        let reception = Reception::new(100, 100);
+        let mut first = reception.start(peer(1));
+        first.hold(60).expect("fits");
+        let mut second = reception.start(peer(1));
+        assert_eq!(second.hold(50), Err(Refusal::Exhausted));
+        second.hold(40).expect("fits exactly");
+        drop(first);
+        second.hold(100).expect("room again");
+        drop(second);
+        assert_eq!(reception.bytes(), 0);
+    }
+
+    #[test]
+    fn one_peer_cannot_hold_more_than_its_share_while_others_still_get_through() {
+        let reception = Reception::new(1000, 300);
+        let mut greedy: Vec<Receiving> = Vec::new();
+        for _ in 0..3 {
+            let mut receiving = reception.start(peer(1));
+            receiving.hold(100).expect("within the share");
+            greedy.push(receiving);
+        }
+        let mut one_more = reception.start(peer(1));
+        assert_eq!(one_more.hold(100), Err(Refusal::Exhausted), "the peer's share is used up");
+        let mut other = reception.start(peer(2));
+        other.hold(300).expect("another peer is not refused");
+        drop(greedy);
+        assert_eq!(reception.peers(), 1);
+        one_more.hold(100).expect("the share is back");
+    }
+
+    #[test]
+    fn a_body_alone_gets_through_even_beyond_the_budget() {
+        let reception = Reception::new(100, 50);
+        let mut big = reception.start(peer(1));
+        big.hold(500).expect("alone, so admitted");
+        let mut other = reception.start(peer(2));
+        assert_eq!(other.hold(1), Err(Refusal::Exhausted));
     }
 }

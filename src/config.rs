@@ -71,6 +71,20 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Most request headers accepted; more is answered `431`.
     pub max_headers: usize,
+    /// Largest request head (request line and headers) buffered for one
+    /// connection; a longer head is answered `431`.
+    pub max_head_bytes: usize,
+    /// Connections served at once; past this the listener stops accepting
+    /// (new connections wait in the kernel's backlog) until one closes.
+    pub max_connections: usize,
+    /// Bytes of request bodies being received at once, counted as they
+    /// arrive; past this a body is refused with `503`.
+    pub receive_max_bytes: usize,
+    /// The same, for the bodies of one peer address.
+    pub receive_max_bytes_per_peer: usize,
+    /// After its first 2 s, a body must have arrived at this many bytes per
+    /// second on average, else `408`.
+    pub body_min_bytes_per_s: u64,
     /// A client must send its request head within this time.
     pub header_read_timeout_ms: u64,
     /// A client must send its whole body within this time.
@@ -114,6 +128,11 @@ impl Default for Settings {
             batch_max_bytes: 4 * 1024 * 1024,
             max_body_bytes: 64 * 1024,
             max_headers: 64,
+            max_head_bytes: 16 * 1024,
+            max_connections: 4096,
+            receive_max_bytes: 32 * 1024 * 1024,
+            receive_max_bytes_per_peer: 8 * 1024 * 1024,
+            body_min_bytes_per_s: 1024,
             header_read_timeout_ms: 5_000,
             body_read_timeout_ms: 10_000,
             retry_after_s: 1,
@@ -132,7 +151,7 @@ impl Default for Settings {
 
 /// Every key, as spelled in the file; the environment is filtered to these
 /// so that unrelated `TICKET_INGEST_*` variables are not mistaken for typos.
-pub const KEYS: [&str; 25] = [
+pub const KEYS: [&str; 30] = [
     "listen",
     "http_threads",
     "database_url",
@@ -146,6 +165,11 @@ pub const KEYS: [&str; 25] = [
     "batch_max_bytes",
     "max_body_bytes",
     "max_headers",
+    "max_head_bytes",
+    "max_connections",
+    "receive_max_bytes",
+    "receive_max_bytes_per_peer",
+    "body_min_bytes_per_s",
     "header_read_timeout_ms",
     "body_read_timeout_ms",
     "retry_after_s",
@@ -208,6 +232,14 @@ impl Settings {
         at_least("max_body_bytes", self.max_body_bytes as u64, 1)?;
         at_most("max_body_bytes", self.max_body_bytes as u64, 64 * 1024 * 1024)?;
         at_least("max_headers", self.max_headers as u64, 8)?;
+        // hyper refuses (panics on) a buffer below 8 KiB.
+        at_least("max_head_bytes", self.max_head_bytes as u64, 8192)?;
+        at_least("max_connections", self.max_connections as u64, 1)?;
+        at_least("receive_max_bytes", self.receive_max_bytes as u64, self.max_body_bytes as u64).map_err(|_| {
+            ConfigError::OutOfRange { key: "receive_max_bytes", reason: "must be at least max_body_bytes".to_string() }
+        })?;
+        at_least("receive_max_bytes_per_peer", self.receive_max_bytes_per_peer as u64, 1)?;
+        at_least("body_min_bytes_per_s", self.body_min_bytes_per_s, 1)?;
         at_least("header_read_timeout_ms", self.header_read_timeout_ms, 1)?;
         at_least("body_read_timeout_ms", self.body_read_timeout_ms, 1)?;
         at_least("retry_after_s", self.retry_after_s as u64, 1)?;

@@ -1,40 +1,44 @@
 //! The HTTP front end: routes, request limits, and the mapping of every
 //! refusal to a status code.
 //!
-//! `POST /ticket` takes an admission permit *before* reading the body, reads
-//! at most `max_body_bytes` (after gzip decoding) within
-//! `body_read_timeout_ms`, parses the ticket, queues it for the writers and
-//! answers `202` once the ack condition holds. Whatever is refused is
-//! refused loudly, with a JSON error and, for `503`, a `Retry-After`.
+//! `POST /ticket` reads the body into the reception budget as it arrives —
+//! at most `max_body_bytes` (after gzip decoding), within
+//! `body_read_timeout_ms` and no slower than `body_min_bytes_per_s` — then
+//! parses the ticket, takes an admission permit for what it costs, queues
+//! it for the writers and answers `202` once the ack condition holds.
+//! Whatever is refused is refused loudly, with a JSON error and, for `503`,
+//! a `Retry-After`.
 
-use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderMap, HeaderValue, ACCEPT, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+    TRANSFER_ENCODING,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use sqlx::PgPool;
 use time::OffsetDateTime;
-use tokio::sync::oneshot;
+use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::admission::{Admission, Permit, Refusal};
+use crate::admission::{Admission, Permit, Receiving, Reception, Refusal};
 use crate::config::{AckMode, Settings};
+use crate::idempotency::{Answer, Claimed, FirstVanished, RecentKeys, Repeat, Repeated};
+use crate::job::{Job, Stored};
 use crate::metrics::{self, KindLabels, Metrics, StatusLabels};
 use crate::signature::{SignatureError, Verifier};
-use crate::store::NewTicket;
-use crate::ticket::{ParsedTicket, Problem, Status};
+use crate::ticket::{NewTicket, Problem, Status};
 use crate::wal::{Wal, WalError, WalRecord};
-use crate::writer::{BatchTuning, Job};
+use crate::writer::BatchTuning;
 
 /// gzip adds a few bytes to incompressible data: leave room for them on the
 /// encoded body, the decoded one is held to `max_body_bytes` exactly.
@@ -44,10 +48,13 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// What a ticket in flight takes besides its body and parsed lines: the
 /// job, the queue slot, the WAL record, the response.
 const TICKET_BYTES: usize = 1024;
-/// Idempotency keys remembered for answering repeats with the first id.
-const RECENT_KEYS: usize = 65_536;
 /// How long `/readyz` waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
+/// A body may arrive at any pace during its first seconds; after that it
+/// must have averaged `body_min_bytes_per_s`.
+const BODY_RATE_GRACE: Duration = Duration::from_secs(2);
+/// What `/readyz` means by a typical ticket: a 4 KiB body, parsed.
+const TYPICAL_TICKET_BYTES: usize = TICKET_BYTES + 4 * 1024;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -55,12 +62,17 @@ pub type HttpResponse = Response<Full<Bytes>>;
 pub struct AppState {
     pub settings: Settings,
     pub admission: Arc<Admission>,
+    /// Bytes of bodies being received, in all and per peer.
+    pub reception: Arc<Reception>,
+    /// One permit per open connection, `max_connections` in all.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
     pub queue: Sender<Job>,
     pub metrics: Arc<Metrics>,
     /// For readiness checks.
     pub pool: PgPool,
-    pub wal: Wal,
-    pub recent_keys: RecentKeys,
+    pub wal: Wal<Job>,
+    /// Idempotency keys seen recently, with their first request's outcome.
+    pub recent_keys: RecentKeys<Refused>,
     /// Checks signatures when `signing_secrets` is set.
     pub verifier: Option<Verifier>,
     /// The batch triggers in force (shown in the metrics).
@@ -69,15 +81,27 @@ pub struct AppState {
 
 /// Why a `POST /ticket` was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Refused {
+pub enum Refused {
     EmptyBody,
     TooLarge,
     BodyTimeout,
+    /// The body arrived slower than `body_min_bytes_per_s`.
+    BodyTooSlow,
+    /// A `Transfer-Encoding` other than `chunked`.
+    UnsupportedTransferCoding,
     BadBody(String),
     UnsupportedEncoding,
     BadIdempotencyKey(&'static str),
     BadSignature(SignatureError),
+    /// The key was first used for another body, stored as this ticket.
+    KeyConflict(Uuid),
+    /// The first request with this key went away before it was answered.
+    FirstVanished,
+    /// PostgreSQL refused the ticket even as `invalid` (`ack = commit`).
+    NotStored,
     BudgetExhausted,
+    /// Too many bytes of bodies being received, in all or from this peer.
+    ReceptionExhausted,
     WalFull,
     WalFailed,
     ShuttingDown,
@@ -99,11 +123,17 @@ impl Refused {
             Refused::EmptyBody | Refused::BadBody(_) | Refused::BadIdempotencyKey(_) => StatusCode::BAD_REQUEST,
             Refused::BadSignature(_) => StatusCode::UNAUTHORIZED,
             Refused::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Refused::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refused::KeyConflict(_) => StatusCode::CONFLICT,
+            Refused::BodyTimeout | Refused::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
+            Refused::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Refused::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Refused::BudgetExhausted | Refused::WalFull | Refused::WalFailed | Refused::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Refused::FirstVanished
+            | Refused::NotStored
+            | Refused::BudgetExhausted
+            | Refused::ReceptionExhausted
+            | Refused::WalFull
+            | Refused::WalFailed
+            | Refused::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -112,11 +142,28 @@ impl Refused {
             Refused::EmptyBody => "empty body: send one ticket per request".to_string(),
             Refused::TooLarge => format!("body larger than {} bytes (after gzip decoding)", settings.max_body_bytes),
             Refused::BodyTimeout => format!("body not received within {} ms", settings.body_read_timeout_ms),
+            Refused::BodyTooSlow => format!(
+                "body arrived slower than {} bytes/s (after the first {} s)",
+                settings.body_min_bytes_per_s,
+                BODY_RATE_GRACE.as_secs()
+            ),
+            Refused::UnsupportedTransferCoding => {
+                "Transfer-Encoding other than chunked is not implemented: send the body as is, or use Content-Encoding: gzip".to_string()
+            }
             Refused::BadBody(reason) => reason.clone(),
             Refused::UnsupportedEncoding => "Content-Encoding must be gzip or identity".to_string(),
             Refused::BadIdempotencyKey(reason) => format!("invalid idempotency key: {reason}"),
             Refused::BadSignature(reason) => format!("webhook signature refused: {reason}"),
+            Refused::KeyConflict(_) => {
+                "idempotency key already used for another body: the first ticket (id) stands, this one was not stored"
+                    .to_string()
+            }
+            Refused::FirstVanished => {
+                "the first request with this idempotency key ended without an answer, retry later".to_string()
+            }
+            Refused::NotStored => "the ticket could not be stored, retry later".to_string(),
             Refused::BudgetExhausted => "too many tickets (or bytes of tickets) in flight, retry later".to_string(),
+            Refused::ReceptionExhausted => "too many bytes of bodies being received, retry later".to_string(),
             Refused::WalFull => "write-ahead log full (database behind or disk full), retry later".to_string(),
             Refused::WalFailed => "write-ahead log write failed, retry later".to_string(),
             Refused::ShuttingDown => "shutting down, retry later".to_string(),
@@ -135,11 +182,14 @@ struct Accepted<'a> {
 }
 
 /// Routes one request and records it in the metrics.
-pub async fn route(state: Arc<AppState>, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+pub async fn route(state: Arc<AppState>, peer: IpAddr, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
     let started = Instant::now();
     let method = request.method().clone();
     let (route, response) = match request.uri().path() {
-        "/ticket" if method == Method::POST => ("/ticket", ingest(&state, request).await),
+        "/ticket" if method == Method::POST => {
+            let span = tracing::debug_span!("request", route = "/ticket", id = tracing::field::Empty);
+            ("/ticket", ingest(&state, peer, request).instrument(span).await)
+        }
         "/ticket" => ("/ticket", method_not_allowed("POST")),
         "/ping" if is_get(&method) => ("/ping", text(StatusCode::OK, "Pong")),
         "/healthz" if is_get(&method) => ("/healthz", text(StatusCode::OK, "ok")),
@@ -156,20 +206,24 @@ fn is_get(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
 
-async fn ingest(state: &AppState, request: Request<Incoming>) -> HttpResponse {
-    match accept(state, request).await {
+async fn ingest(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> HttpResponse {
+    match accept(state, peer, request).await {
         Ok(response) => response,
         Err(refused) => refusal(state, &refused),
     }
 }
 
-/// The happy path of `POST /ticket`, from permit to `202`.
-async fn accept(state: &AppState, request: Request<Incoming>) -> Result<HttpResponse, Refused> {
-    let mut permit = state.admission.try_acquire().map_err(refused_by_budget)?;
+/// The happy path of `POST /ticket`, from the body to `202`.
+async fn accept(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> Result<HttpResponse, Refused> {
     let (parts, body) = request.into_parts();
     let idempotency_key = idempotency_key(&parts.headers)?;
-    permit.resize(body_reservation(&state.settings, &parts.headers)).map_err(refused_by_budget)?;
-    let raw = read_body(&state.settings, &parts.headers, body).await?;
+    refuse_transfer_codings(&parts.headers)?;
+    // Not worth receiving a body that would be refused: check, don't reserve.
+    if !state.admission.has_room_for(TICKET_BYTES) {
+        return Err(refused_by_budget(if state.admission.is_closed() { Refusal::Closed } else { Refusal::Exhausted }));
+    }
+    let mut receiving = state.reception.start(peer);
+    let raw = read_body(&state.settings, &parts.headers, body, &mut receiving).await?;
     if raw.is_empty() {
         return Err(Refused::EmptyBody);
     }
@@ -177,31 +231,62 @@ async fn accept(state: &AppState, request: Request<Incoming>) -> Result<HttpResp
         let now = OffsetDateTime::now_utc().unix_timestamp();
         verifier.verify(&parts.headers, &raw, now).map_err(Refused::BadSignature)?;
     }
-    let parsed = ParsedTicket::parse(&raw);
-    permit.resize(TICKET_BYTES + raw.len() + parsed.heap_bytes()).map_err(refused_by_budget)?;
-    let id = Uuid::now_v7();
+    let ticket = NewTicket::arrived(raw, idempotency_key);
+    tracing::Span::current().record("id", tracing::field::display(ticket.id));
+    let mut permit = state.admission.try_acquire().map_err(refused_by_budget)?;
+    permit.resize(TICKET_BYTES + ticket.raw.len() + ticket.parsed.heap_bytes()).map_err(refused_by_budget)?;
+    // The permit holds the body from here on.
+    drop(receiving);
 
-    if let Some(key) = &idempotency_key {
-        if let Some((first_id, first_status)) = state.recent_keys.claim(key, id, parsed.status) {
+    let claim = match &ticket.idempotency_key {
+        None => None,
+        Some(key) => match state.recent_keys.claim(key, ticket.id, &ticket.raw) {
+            Claimed::First(claim) => Some(claim),
+            Claimed::Repeat(repeat) => {
+                // A repeat stores nothing: it only waits for the first's answer.
+                drop((ticket, permit));
+                return answer_repeat(state, repeat).await;
+            }
+        },
+    };
+    let answer = Answer { id: ticket.id, status: ticket.parsed.status };
+    let body = serde_json::to_vec(&Accepted {
+        id: answer.id,
+        status: answer.status,
+        problems: &ticket.parsed.problems,
+        duplicate: false,
+    })
+    .map_err(|error| Refused::BadBody(error.to_string()))?;
+    match hand_over(state, ticket, permit).await {
+        Ok(()) => {
+            if let Some(claim) = claim {
+                claim.succeed(answer);
+            }
+            state.metrics.tickets_accepted.get_or_create(&StatusLabels { status: answer.status.as_str() }).inc();
+            Ok(json(StatusCode::ACCEPTED, Bytes::from(body)))
+        }
+        Err(refused) => {
+            if let Some(claim) = claim {
+                claim.fail(refused.clone());
+            }
+            Err(refused)
+        }
+    }
+}
+
+/// A repeated key is answered like its first request, once that one has
+/// its answer: never a `202` before the first ticket is as safe as the ack
+/// mode promises.
+async fn answer_repeat(state: &AppState, repeat: Repeat<Refused>) -> Result<HttpResponse, Refused> {
+    match repeat.outcome().await {
+        Ok(Ok(Repeated::Duplicate(first))) => {
             state.metrics.duplicates.inc();
-            return Ok(accepted(&Accepted { id: first_id, status: first_status, problems: &[], duplicate: true }));
+            Ok(accepted(&Accepted { id: first.id, status: first.status, problems: &[], duplicate: true }))
         }
+        Ok(Ok(Repeated::Conflict(first))) => Err(Refused::KeyConflict(first.id)),
+        Ok(Err(refused)) => Err(refused),
+        Err(FirstVanished) => Err(Refused::FirstVanished),
     }
-
-    let body =
-        serde_json::to_vec(&Accepted { id, status: parsed.status, problems: &parsed.problems, duplicate: false })
-            .map_err(|error| Refused::BadBody(error.to_string()))?;
-    let status = parsed.status;
-    let claimed_key = idempotency_key.clone();
-    let ticket = NewTicket { id, received_at: OffsetDateTime::now_utc(), idempotency_key, raw, parsed };
-    if let Err(refused) = hand_over(state, ticket, permit).await {
-        if let Some(key) = &claimed_key {
-            state.recent_keys.forget(key);
-        }
-        return Err(refused);
-    }
-    state.metrics.tickets_accepted.get_or_create(&StatusLabels { status: status.as_str() }).inc();
-    Ok(json(StatusCode::ACCEPTED, Bytes::from(body)))
 }
 
 fn refused_by_budget(refusal: Refusal) -> Refused {
@@ -211,28 +296,21 @@ fn refused_by_budget(refusal: Refusal) -> Refused {
     }
 }
 
-/// Bytes a body may take while it is read: its declared length, or the
-/// most it may decode to (twice, gzip: encoded and decoded at once).
-fn body_reservation(settings: &Settings, headers: &HeaderMap) -> usize {
-    let max = settings.max_body_bytes;
-    if headers.contains_key(CONTENT_ENCODING) {
-        return 2 * max + GZIP_SLACK;
-    }
-    let declared = headers.get(CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
-    declared.map_or(max, |length| length.min(max))
-}
-
 /// Makes the ticket as safe as the ack mode promises, and queues it for
 /// the writers. `Ok` means the request may be answered `202`.
 async fn hand_over(state: &AppState, ticket: NewTicket, permit: Permit) -> Result<(), Refused> {
     match state.settings.ack {
-        AckMode::Memory => enqueue(state, Job { ticket, permit, reply: None, wal_seq: None }),
+        AckMode::Memory => enqueue(state, Job::new(ticket, permit)),
         AckMode::Commit => {
-            let (reply, committed) = oneshot::channel();
-            enqueue(state, Job { ticket, permit, reply: Some(reply), wal_seq: None })?;
+            let (job, outcome) = Job::awaited(ticket, permit);
+            enqueue(state, job)?;
             // Writers answer every ticket they take; a closed channel means
             // the process is going down before the commit.
-            committed.await.map_err(|_| Refused::ShuttingDown)
+            match outcome.await {
+                Ok(Stored::Committed) => Ok(()),
+                Ok(Stored::Refused) => Err(Refused::NotStored),
+                Ok(Stored::Abandoned) | Err(_) => Err(Refused::ShuttingDown),
+            }
         }
         AckMode::Wal => {
             let record = WalRecord {
@@ -243,7 +321,7 @@ async fn hand_over(state: &AppState, ticket: NewTicket, permit: Permit) -> Resul
             };
             // The appender queues the job once the record is durable, even
             // if this request is cancelled meanwhile (the client hung up).
-            let job = Job { ticket, permit, reply: None, wal_seq: None };
+            let job = Job::new(ticket, permit);
             state.wal.append(record, Some(job)).await.map_err(Refused::from)?;
             Ok(())
         }
@@ -270,9 +348,31 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refused> {
     Ok(Some(key.to_string()))
 }
 
-/// Reads the whole body within the time and size limits, gunzipping it
-/// when `Content-Encoding: gzip` says so.
-async fn read_body(settings: &Settings, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Refused> {
+/// `Transfer-Encoding` codings other than `chunked` (which hyper decodes)
+/// are not implemented (RFC 9112 §6.1: answer `501`), rather than stored
+/// still encoded.
+fn refuse_transfer_codings(headers: &HeaderMap) -> Result<(), Refused> {
+    for value in headers.get_all(TRANSFER_ENCODING) {
+        let codings = value.to_str().map_err(|_| Refused::UnsupportedTransferCoding)?;
+        for coding in codings.split(',').map(str::trim).filter(|coding| !coding.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Err(Refused::UnsupportedTransferCoding);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the whole body, gunzipping it when `Content-Encoding: gzip` says
+/// so. Every byte received is held in the reception budget as it arrives;
+/// the body must arrive within `body_read_timeout_ms`, and once
+/// [`BODY_RATE_GRACE`] has passed, at `body_min_bytes_per_s` on average.
+async fn read_body(
+    settings: &Settings,
+    headers: &HeaderMap,
+    mut body: Incoming,
+    receiving: &mut Receiving,
+) -> Result<Bytes, Refused> {
     let gzip = match headers.get(CONTENT_ENCODING).map(|value| value.as_bytes().trim_ascii()) {
         None => false,
         Some(encoding) if encoding.eq_ignore_ascii_case(b"identity") => false,
@@ -284,24 +384,37 @@ async fn read_body(settings: &Settings, headers: &HeaderMap, body: Incoming) -> 
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(Refused::TooLarge);
     }
-    let collected = tokio::time::timeout(settings.body_read_timeout(), Limited::new(body, limit).collect())
-        .await
-        .map_err(|_| Refused::BodyTimeout)?
-        .map_err(|error| {
-            if error.downcast_ref::<LengthLimitError>().is_some() {
-                Refused::TooLarge
-            } else {
-                Refused::BadBody(format!("body could not be read: {error}"))
-            }
-        })?;
-    let bytes = collected.to_bytes();
-    if gzip {
-        return gunzip(&bytes, settings.max_body_bytes);
+    let started = tokio::time::Instant::now();
+    let last_chance = started + settings.body_read_timeout();
+    let min_rate = settings.body_min_bytes_per_s.max(1) as f64;
+    // Grown as bytes arrive (a first frame that is the whole body is
+    // allocated exactly), never to what the client declares.
+    let mut received: Vec<u8> = Vec::new();
+    loop {
+        // By then the body must have averaged `min_rate` after the grace.
+        let rate_deadline = started + BODY_RATE_GRACE + Duration::from_secs_f64(received.len() as f64 / min_rate);
+        let deadline = rate_deadline.min(last_chance);
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) if deadline == last_chance => return Err(Refused::BodyTimeout),
+            Err(_) => return Err(Refused::BodyTooSlow),
+            Ok(None) => break,
+            Ok(Some(Err(error))) => return Err(Refused::BadBody(format!("body could not be read: {error}"))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        if received.len() + data.len() > limit {
+            return Err(Refused::TooLarge);
+        }
+        received.reserve(data.len());
+        receiving.hold(received.capacity()).map_err(|_| Refused::ReceptionExhausted)?;
+        received.extend_from_slice(&data);
     }
-    // A copy the size of the body: hyper's slice would keep its connection's
-    // whole read buffer (8 KiB or more) alive for as long as the ticket waits
-    // for the writers, where the admission budget counts the body's length.
-    Ok(Bytes::copy_from_slice(&bytes))
+    if gzip {
+        return gunzip(&received, settings.max_body_bytes);
+    }
+    // What is kept is the body's length, not what the buffer grew to.
+    received.shrink_to_fit();
+    Ok(Bytes::from(received))
 }
 
 /// Inflates at most `max + 1` bytes, so a gzip bomb is refused, not inflated.
@@ -318,15 +431,24 @@ fn gunzip(encoded: &[u8], max: usize) -> Result<Bytes, Refused> {
 
 fn refusal(state: &AppState, refused: &Refused) -> HttpResponse {
     let status = refused.status();
-    let mut response = json_error(status, &refused.message(&state.settings));
+    let message = refused.message(&state.settings);
+    let mut response = match refused {
+        Refused::KeyConflict(first_id) => {
+            json(status, Bytes::from(serde_json::json!({ "error": message, "id": first_id }).to_string()))
+        }
+        _ => json_error(status, &message),
+    };
     if status == StatusCode::UNAUTHORIZED {
         state.metrics.signature_failures.inc();
     }
     if status == StatusCode::SERVICE_UNAVAILABLE {
         let kind = match refused {
             Refused::BudgetExhausted => "budget",
+            Refused::ReceptionExhausted => "reception",
             Refused::WalFull => "wal_full",
             Refused::WalFailed => "wal_error",
+            Refused::NotStored => "not_stored",
+            Refused::FirstVanished => "first_vanished",
             _ => "shutdown",
         };
         state.metrics.refused.get_or_create(&KindLabels { kind }).inc();
@@ -335,16 +457,12 @@ fn refusal(state: &AppState, refused: &Refused) -> HttpResponse {
     response
 }
 
-/// Ready when the database answers and the budget has room.
+/// Ready means "would accept a typical ticket now": not shutting down,
+/// room in both budgets, a usable write-ahead log (`ack = wal`), and a
+/// database that answers.
 async fn readiness(state: &AppState) -> HttpResponse {
-    if state.admission.is_closed() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-    }
-    if state.admission.is_exhausted() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "admission budget exhausted");
-    }
-    if state.wal.is_full() {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "write-ahead log full");
+    if let Some(reason) = refusing(state) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, &reason);
     }
     let probe = sqlx::query("SELECT 1").execute(&state.pool);
     match tokio::time::timeout(READY_TIMEOUT, probe).await {
@@ -352,6 +470,36 @@ async fn readiness(state: &AppState) -> HttpResponse {
         Ok(Err(error)) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("database unreachable: {error}")),
         Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "database did not answer within 1 s"),
     }
+}
+
+/// Why a typical ticket would be refused now, if it would.
+fn refusing(state: &AppState) -> Option<String> {
+    let admission = &state.admission;
+    if admission.is_closed() {
+        return Some("shutting down".to_string());
+    }
+    if !admission.has_room_for(TYPICAL_TICKET_BYTES) {
+        return Some(format!(
+            "admission budget used up: {} of {} tickets, {} of {} bytes in flight",
+            admission.in_flight(),
+            admission.capacity(),
+            admission.bytes(),
+            admission.max_bytes()
+        ));
+    }
+    let reception = &state.reception;
+    if reception.bytes() > 0 && reception.bytes() + TYPICAL_TICKET_BYTES > reception.max_bytes() {
+        return Some(format!("reception budget used up: {} bytes of bodies being received", reception.bytes()));
+    }
+    if state.settings.ack == AckMode::Wal {
+        if state.wal.is_full() {
+            return Some(format!("write-ahead log full: {} bytes on disk", state.wal.bytes_on_disk()));
+        }
+        if let Some(failure) = state.wal.failure() {
+            return Some(format!("write-ahead log failing: {failure}"));
+        }
+    }
+    None
 }
 
 /// OpenMetrics for scrapers that ask for it (Prometheus does), the
@@ -362,6 +510,8 @@ fn metrics_page(state: &AppState, headers: &HeaderMap) -> HttpResponse {
     metrics.in_flight_capacity.set(state.admission.capacity() as i64);
     metrics.in_flight_bytes.set(state.admission.bytes() as i64);
     metrics.in_flight_bytes_capacity.set(state.admission.max_bytes() as i64);
+    metrics.receiving_bytes.set(state.reception.bytes() as i64);
+    metrics.connections.set((state.settings.max_connections - state.connection_slots.available_permits()) as i64);
     metrics.queue_depth.set(state.queue.len() as i64);
     metrics.wal_bytes.set(state.wal.bytes_on_disk() as i64);
     metrics.batch_max_tickets.set(state.tuning.max_tickets() as i64);
@@ -413,56 +563,6 @@ fn method_not_allowed(allow: &'static str) -> HttpResponse {
     response
 }
 
-/// Idempotency keys seen recently, with the id and status first given to
-/// them, so that a repeat gets the same answer. Bounded: the oldest keys
-/// are forgotten first. Older repeats are still stored only once (the
-/// `idempotency_key` column is unique); they just get a fresh id in their
-/// answer.
-pub struct RecentKeys {
-    inner: Mutex<RecentInner>,
-}
-
-#[derive(Default)]
-struct RecentInner {
-    answers: HashMap<String, (Uuid, Status)>,
-    order: VecDeque<String>,
-}
-
-impl RecentKeys {
-    pub fn new() -> RecentKeys {
-        RecentKeys { inner: Mutex::new(RecentInner::default()) }
-    }
-
-    /// The first answer for `key`, or `None` after recording this one.
-    fn claim(&self, key: &str, id: Uuid, status: Status) -> Option<(Uuid, Status)> {
-        let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(first) = inner.answers.get(key) {
-            return Some(*first);
-        }
-        if inner.order.len() >= RECENT_KEYS {
-            if let Some(oldest) = inner.order.pop_front() {
-                inner.answers.remove(&oldest);
-            }
-        }
-        inner.answers.insert(key.to_string(), (id, status));
-        inner.order.push_back(key.to_string());
-        None
-    }
-
-    /// Drops a key whose ticket was not accepted after all.
-    fn forget(&self, key: &str) {
-        let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        inner.answers.remove(key);
-        inner.order.retain(|queued| queued != key);
-    }
-}
-
-impl Default for RecentKeys {
-    fn default() -> Self {
-        RecentKeys::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,15 +591,5 @@ mod tests {
     #[test]
     fn garbage_announced_as_gzip_is_a_bad_request() {
         assert!(matches!(gunzip(b"not gzip at all", 1024).unwrap_err(), Refused::BadBody(_)));
-    }
-
-    #[test]
-    fn a_repeated_key_gets_the_first_answer_until_forgotten() {
-        let keys = RecentKeys::new();
-        let first = Uuid::now_v7();
-        assert_eq!(keys.claim("k", first, Status::Ok), None);
-        assert_eq!(keys.claim("k", Uuid::now_v7(), Status::Partial), Some((first, Status::Ok)));
-        keys.forget("k");
-        assert_eq!(keys.claim("k", first, Status::Ok), None);
     }
 }

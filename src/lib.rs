@@ -7,7 +7,9 @@
 //! - [`http`]      hyper routes, limits, refusals → status codes
 //! - [`signature`] Standard Webhooks signature check (`signing_secrets`)
 //! - [`ticket`]    `ParsedTicket::parse`: raw body → status, fields, lines, problems
+//! - [`idempotency`] recent `Idempotency-Key`s: a repeat waits for its first's answer
 //! - [`admission`] in-flight budget: a permit per ticket until it is committed
+//! - [`job`]       a ticket in flight: accepted, not yet committed, and its outcome
 //! - [`writer`]    batch writer threads: collect → flush (retry / bisect) → report
 //! - [`store`]     SQL: one statement per table per batch, migrations
 //! - [`wal`]       write-ahead log for `ack = wal`: group commit, replay, checkpoints
@@ -18,6 +20,8 @@
 pub mod admission;
 pub mod config;
 pub mod http;
+pub mod idempotency;
+pub mod job;
 pub mod metrics;
 pub mod reload;
 pub mod reprocess;

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub in_flight_bytes: Gauge,
     pub in_flight_bytes_capacity: Gauge,
     pub queue_depth: Gauge,
+    pub receiving_bytes: Gauge,
+    pub connections: Gauge,
     pub batch_max_tickets: Gauge,
     pub batch_max_bytes: Gauge,
     pub batch_max_wait: Gauge<f64, AtomicU64>,
@@ -75,6 +77,7 @@ pub struct Metrics {
     pub wal_append_duration: Histogram,
     pub wal_fsync_duration: Histogram,
     pub wal_bytes: Gauge,
+    pub wal_records: Gauge,
     pub wal_replayed: Counter,
     pub wal_truncations: Counter,
     pub wal_errors: Counter,
@@ -100,6 +103,8 @@ impl Metrics {
             in_flight_bytes: Gauge::default(),
             in_flight_bytes_capacity: Gauge::default(),
             queue_depth: Gauge::default(),
+            receiving_bytes: Gauge::default(),
+            connections: Gauge::default(),
             batch_max_tickets: Gauge::default(),
             batch_max_bytes: Gauge::default(),
             batch_max_wait: Gauge::default(),
@@ -115,6 +120,7 @@ impl Metrics {
             wal_append_duration: latency_histogram(),
             wal_fsync_duration: latency_histogram(),
             wal_bytes: Gauge::default(),
+            wal_records: Gauge::default(),
             wal_replayed: Counter::default(),
             wal_truncations: Counter::default(),
             wal_errors: Counter::default(),
@@ -167,6 +173,13 @@ impl Metrics {
             self.in_flight_bytes_capacity.clone(),
         );
         registry.register("queue_depth", "Tickets waiting in the queue for a writer", self.queue_depth.clone());
+        registry.register_with_unit(
+            "receiving",
+            "Reception budget in use: bytes of request bodies being received",
+            Unit::Bytes,
+            self.receiving_bytes.clone(),
+        );
+        registry.register("connections", "Open HTTP connections (at most max_connections)", self.connections.clone());
         registry.register("batch_max_tickets", "Batch size trigger in force", self.batch_max_tickets.clone());
         registry.register_with_unit(
             "batch_max",
@@ -215,6 +228,11 @@ impl Metrics {
             self.wal_fsync_duration.clone(),
         );
         registry.register_with_unit("wal", "Bytes of WAL segments on disk", Unit::Bytes, self.wal_bytes.clone());
+        registry.register(
+            "wal_records",
+            "Acknowledged tickets in the WAL not yet committed to PostgreSQL (replayed at the next start if the service stops)",
+            self.wal_records.clone(),
+        );
         registry.register("wal_replayed", "WAL records replayed at start", self.wal_replayed.clone());
         registry.register(
             "wal_truncations",

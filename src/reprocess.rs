@@ -18,7 +18,6 @@
 //! connection lost) is retried; `--dry-run` only reports.
 
 use std::io::IsTerminal;
-use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -27,8 +26,11 @@ use sqlx::{Connection, PgConnection};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::store::{self, NewTicket};
-use crate::ticket::ParsedTicket;
+use crate::store::{self, Failure};
+use crate::ticket::NewTicket;
+
+/// Attempts after a transient failure before the run stops with the error.
+const MAX_RETRIES: u32 = 5;
 
 /// What to reprocess.
 #[derive(Debug, Clone)]
@@ -180,7 +182,8 @@ fn changed_tickets(batch: &[StoredTicket], summary: &mut Summary) -> Vec<NewTick
     let mut changed = Vec::new();
     for stored in batch {
         summary.examined += 1;
-        let parsed = ParsedTicket::parse(&stored.raw);
+        let ticket = NewTicket::known(stored.id, stored.received_at, None, Bytes::from(stored.raw.clone()));
+        let parsed = &ticket.parsed;
         let problems = (!parsed.problems.is_empty()).then(|| serde_json::to_value(&parsed.problems).ok()).flatten();
         let same = stored.status == parsed.status.as_str()
             && stored.order_id == parsed.order_id
@@ -192,13 +195,7 @@ fn changed_tickets(batch: &[StoredTicket], summary: &mut Summary) -> Vec<NewTick
         }
         summary.changed += 1;
         summary.count_transition(&stored.status, parsed.status.as_str());
-        changed.push(NewTicket {
-            id: stored.id,
-            received_at: stored.received_at,
-            idempotency_key: None,
-            raw: Bytes::from(stored.raw.clone()),
-            parsed,
-        });
+        changed.push(ticket);
     }
     changed
 }
@@ -212,26 +209,17 @@ async fn write_with_retry(
     loop {
         match write_changes(connection, changed).await {
             Ok(lines) => return Ok(lines),
-            Err(error) if attempt < 5 && is_transient(&error) => {
+            Err(error) if attempt < MAX_RETRIES && store::classify(&error) == Failure::Transient => {
                 attempt += 1;
-                tracing::warn!(message = "reprocess batch failed, retrying", attempt, %error);
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                if let Ok(fresh) = PgConnection::connect(database_url).await {
+                let delay = store::backoff(attempt);
+                tracing::warn!(message = "reprocess batch failed, retrying", attempt, delay_ms = delay.as_millis() as u64, %error);
+                tokio::time::sleep(delay).await;
+                if let Ok(fresh) = store::connect(database_url).await {
                     *connection = fresh;
                 }
             }
             Err(error) => return Err(error).context("writing a reprocessed batch"),
         }
-    }
-}
-
-fn is_transient(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(database) => {
-            database.code().is_some_and(|code| code.starts_with("08") || code == "40001" || code == "40P01")
-        }
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
-        _ => false,
     }
 }
 

@@ -22,24 +22,26 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
-use crate::admission::{Admission, Refusal};
+use crate::admission::{Admission, Reception, Refusal};
 use crate::config::Settings;
-use crate::http::{self, AppState, RecentKeys};
+use crate::http::{self, AppState};
+use crate::idempotency::RecentKeys;
+use crate::job::Job;
 use crate::metrics::Metrics;
 use crate::signature::Verifier;
 use crate::store;
-use crate::store::NewTicket;
-use crate::ticket::ParsedTicket;
+use crate::ticket::NewTicket;
 use crate::wal::{Recovered, Wal, WalThread};
-use crate::writer::{BatchTuning, Job, Writers};
+use crate::writer::{BatchTuning, Writers};
 
 /// A built service: connected, migrated, writers running, listener bound.
 pub struct Application {
     listener: TcpListener,
     state: Arc<AppState>,
     writers: Writers,
-    wal_thread: WalThread,
+    wal_thread: WalThread<Job>,
     /// Records the log held at start, not known to be committed.
     recovered: Vec<Recovered>,
 }
@@ -58,6 +60,8 @@ impl Application {
         }
         let metrics = Arc::new(Metrics::new());
         let admission = Admission::new(settings.queue_capacity, settings.queue_max_bytes);
+        let reception = Reception::new(settings.receive_max_bytes, settings.receive_max_bytes_per_peer);
+        let connection_slots = Arc::new(Semaphore::new(settings.max_connections));
         // The queue holds at most what the budget admits, so a permitted
         // ticket always finds room in it.
         let (queue, receiver) = crossbeam_channel::bounded(settings.queue_capacity);
@@ -85,8 +89,19 @@ impl Application {
         let recent_keys = RecentKeys::new();
         let verifier = Verifier::new(&settings.signing_secrets, settings.signing_tolerance_s)
             .map_err(|reason| anyhow::anyhow!("signing_secrets: {reason}"))?;
-        let state =
-            Arc::new(AppState { settings, admission, queue, metrics, pool, wal, recent_keys, verifier, tuning });
+        let state = Arc::new(AppState {
+            settings,
+            admission,
+            reception,
+            connection_slots,
+            queue,
+            metrics,
+            pool,
+            wal,
+            recent_keys,
+            verifier,
+            tuning,
+        });
         Ok(Application { listener, state, writers, wal_thread, recovered })
     }
 
@@ -109,13 +124,23 @@ impl Application {
         http.timer(TokioTimer::new())
             .header_read_timeout(state.settings.header_read_timeout())
             .max_headers(state.settings.max_headers)
+            .max_buf_size(state.settings.max_head_bytes)
             .keep_alive(true);
 
         tokio::pin!(shutdown);
         loop {
+            // At `max_connections` the loop waits here for a slot, and new
+            // connections wait in the kernel's backlog.
+            let slot = tokio::select! {
+                slot = Arc::clone(&state.connection_slots).acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
             tokio::select! {
                 accepted = listener.accept() => {
-                    let (stream, _peer) = match accepted {
+                    let (stream, peer) = match accepted {
                         Ok(connection) => connection,
                         Err(error) => {
                             // Out of file descriptors and the like: back off, keep serving.
@@ -126,12 +151,14 @@ impl Application {
                     };
                     let _ = stream.set_nodelay(true);
                     let state = Arc::clone(&state);
-                    let service = service_fn(move |request| http::route(Arc::clone(&state), request));
+                    let peer = peer.ip();
+                    let service = service_fn(move |request| http::route(Arc::clone(&state), peer, request));
                     let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
                     tokio::spawn(async move {
                         if let Err(error) = connection.await {
                             tracing::debug!(message = "connection ended with an error", %error);
                         }
+                        drop(slot);
                     });
                 }
                 () = &mut shutdown => break,
@@ -142,17 +169,35 @@ impl Application {
         drop(listener);
         state.admission.close();
         let _ = replaying.await;
-        if tokio::time::timeout(state.settings.shutdown_grace(), connections.shutdown()).await.is_err() {
-            tracing::warn!(message = "grace period over, open connections are dropped");
+        let draining = connections.shutdown();
+        tokio::pin!(draining);
+        let drained = tokio::time::timeout(state.settings.shutdown_grace(), &mut draining).await.is_ok();
+        if !drained {
+            tracing::warn!(message = "grace period over, connections still open are closed at exit");
         }
         tracing::info!(message = "draining the queue", in_flight = state.admission.in_flight());
-        tokio::task::spawn_blocking(move || {
+        let leftover = tokio::task::spawn_blocking(move || {
             writers.join();
-            wal_thread.stop();
+            wal_thread.stop()
         })
         .await
         .context("joining writers")?;
-        tracing::info!(message = "stopped, every accepted ticket is committed");
+        // Answers the writers gave at the end (`503` for `ack = commit`
+        // requests given up) still have to reach their clients.
+        if !drained {
+            let _ = tokio::time::timeout(Duration::from_secs(1), draining).await;
+        }
+        if leftover.records == 0 {
+            tracing::info!(message = "stopped, every accepted ticket is committed");
+        } else {
+            tracing::warn!(
+                message = "stopped with acknowledged tickets not yet in PostgreSQL: they are kept in the write-ahead log and written at the next start with this wal_dir; do not delete it",
+                tickets = leftover.records,
+                segments = leftover.segments,
+                bytes = leftover.bytes,
+                wal_dir = %state.settings.wal_dir.display()
+            );
+        }
         Ok(())
     }
 }
@@ -182,15 +227,10 @@ async fn replay(recovered: Vec<Recovered>, admission: Arc<Admission>, queue: cro
                 }
             }
         };
-        let parsed = ParsedTicket::parse(&record.raw);
-        let ticket = NewTicket {
-            id: record.id,
-            received_at: record.received_at,
-            idempotency_key: record.idempotency_key,
-            raw: record.raw,
-            parsed,
-        };
-        if queue.try_send(Job { ticket, permit, reply: None, wal_seq: Some(seq) }).is_err() {
+        let ticket = NewTicket::known(record.id, record.received_at, record.idempotency_key, record.raw);
+        let mut job = Job::new(ticket, permit);
+        job.wal_seq = Some(seq);
+        if queue.try_send(job).is_err() {
             tracing::error!(message = "writers stopped during replay; the rest stays in the log", replayed = done);
             return;
         }

@@ -26,9 +26,11 @@
 //! overwritten by a ticket at least as recent as the one that wrote it, so a
 //! batch that commits late never puts an older price back.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::time::Duration;
 
-use bytes::Bytes;
 use rust_decimal::Decimal;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
@@ -36,19 +38,63 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::ticket::{ParsedTicket, Status};
+use crate::ticket::{NewTicket, ParsedTicket, Status};
 
-/// A ticket as it is handed to the writers.
-#[derive(Debug, Clone)]
-pub struct NewTicket {
-    /// UUIDv7, assigned on arrival.
-    pub id: Uuid,
-    pub received_at: OffsetDateTime,
-    /// `Idempotency-Key` (or `webhook-id`) of the request, if any.
-    pub idempotency_key: Option<String>,
-    /// The body exactly as received (after gzip decoding).
-    pub raw: Bytes,
-    pub parsed: ParsedTicket,
+/// How long a connection attempt may take before it counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What a failed statement says about what to do next. One
+/// classification for every writer of tickets (the batch writers and
+/// `reprocess`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Worth retrying as is: the data is not at fault (I/O, connection,
+    /// serialization, deadlock, shutdown, resources, a missing table that a
+    /// migration will create).
+    Transient,
+    /// The database refused the data (SQLSTATE classes 22 and 23, or a
+    /// value that cannot be encoded): retrying the same rows fails again.
+    Data,
+}
+
+/// Classifies a failed statement; see [`Failure`].
+pub fn classify(error: &sqlx::Error) -> Failure {
+    let is_data = match error {
+        sqlx::Error::Database(database) => {
+            database.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+        }
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    };
+    if is_data {
+        Failure::Data
+    } else {
+        Failure::Transient
+    }
+}
+
+/// The wait before retry number `attempt` (from 1): 50 ms doubling up to
+/// 5 s, with up to 50 % random jitter so that retries do not run in
+/// lockstep.
+pub fn backoff(attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(16);
+    let base = BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_MAX);
+    let jitter_fraction = (RandomState::new().hash_one(attempt) % 500) as u32;
+    base + base * jitter_fraction / 1000
+}
+
+/// Opens a connection, failing after [`CONNECT_TIMEOUT`] rather than
+/// waiting on an unreachable host for as long as the kernel does.
+pub async fn connect(database_url: &str) -> Result<PgConnection, sqlx::Error> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(database_url)).await {
+        Ok(result) => result,
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()),
+        ))),
+    }
 }
 
 /// Rows a committed batch wrote.
@@ -400,4 +446,16 @@ fn merge_products<'a>(tickets: &[&'a NewTicket]) -> Vec<(&'a str, ProductSeen<'a
         }
     }
     merged.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_stays_capped() {
+        assert!(backoff(1) >= BACKOFF_FIRST && backoff(1) < BACKOFF_FIRST * 2);
+        assert!(backoff(3) >= BACKOFF_FIRST * 4);
+        assert!(backoff(40) >= BACKOFF_MAX && backoff(40) <= BACKOFF_MAX * 3 / 2);
+    }
 }

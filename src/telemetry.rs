@@ -1,4 +1,8 @@
-//! Logging through `tracing`: human-readable or JSON lines on stderr.
+//! Logging through `tracing`: human-readable or JSON lines on stderr,
+//! coloured only when stderr is a terminal (a log file or a collector gets
+//! plain text).
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::reload::Handle;
 use tracing_subscriber::EnvFilter;
@@ -13,7 +17,10 @@ pub type LogLevelSetter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 /// and returns `None`.
 pub fn init(format: LogFormat, log_level: &str) -> Option<LogLevelSetter> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Json => {
             let builder = builder.json().flatten_event(true).with_filter_reloading();

@@ -44,6 +44,12 @@
 //!   commit it depends on did not.
 //! - **Bounded**: past `wal_max_bytes` on disk, or on a full disk, appends
 //!   are refused and requests get `503` + `Retry-After`.
+//! - **A failing disk** (full, or I/O errors): a segment that cannot be
+//!   created is removed again, never left behind; while there is no
+//!   usable segment, appends are refused at once and the disk is tried
+//!   again at most once per [`RETRY_EVERY`], by the next append or by the
+//!   appender itself when idle. [`Wal::failure`] says what failed until a
+//!   write succeeds again (`/readyz` reports it).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -52,8 +58,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender};
@@ -62,13 +69,23 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
-use crate::writer::Job;
+
+/// What the log hands on once its record is durable (to the queue given to
+/// [`Wal::open`]), told the record's sequence number first.
+pub trait Logged: Send + 'static {
+    fn logged_as(&mut self, seq: u64);
+}
+
+/// A log whose appends hand nothing on (tools and tests).
+impl Logged for () {
+    fn logged_as(&mut self, _seq: u64) {}
+}
 
 /// A record written to the file, waiting for its `fdatasync`.
-struct Pending {
+struct Pending<J> {
     seq: u64,
-    /// Queued for the writers once the record is durable.
-    job: Option<Job>,
+    /// Queued once the record is durable.
+    job: Option<J>,
     reply: oneshot::Sender<Result<u64, WalError>>,
 }
 
@@ -85,6 +102,8 @@ const MAX_GROUP_BYTES: usize = 8 * 1024 * 1024;
 /// alone; appending would also flush the file size every time.
 const ZERO_AHEAD: u64 = 1024 * 1024;
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+/// How often a failing disk is tried again.
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// One ticket as the log keeps it: enough to rebuild and store it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,27 +134,49 @@ pub enum WalError {
 // Appends are nearly every message: boxing them to shrink the rare ones
 // would cost an allocation per ticket.
 #[allow(clippy::large_enum_variant)]
-enum Message {
-    Append { record: WalRecord, job: Option<Job>, reply: oneshot::Sender<Result<u64, WalError>> },
+enum Message<J> {
+    Append { record: WalRecord, job: Option<J>, reply: oneshot::Sender<Result<u64, WalError>> },
     Committed(Vec<u64>),
     Shutdown,
 }
 
-/// The handle requests and writers use; cheap to clone.
-#[derive(Clone)]
-pub struct Wal {
-    sender: Sender<Message>,
+/// The handle requests and writers use; cheap to clone. `J` is what an
+/// append hands on to the queue once its record is durable.
+pub struct Wal<J> {
+    sender: Sender<Message<J>>,
     bytes_on_disk: Arc<AtomicU64>,
     max_bytes: u64,
+    /// The last write's error, until a write succeeds again.
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+/// What the log still held when it stopped: records not known to be
+/// committed, replayed at the next start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Leftover {
+    pub records: u64,
+    pub segments: usize,
+    pub bytes: u64,
 }
 
 /// The appender thread; [`WalThread::stop`] flushes and joins it.
-pub struct WalThread {
-    sender: Sender<Message>,
-    handle: JoinHandle<()>,
+pub struct WalThread<J> {
+    sender: Sender<Message<J>>,
+    handle: JoinHandle<Leftover>,
 }
 
-impl Wal {
+impl<J> Clone for Wal<J> {
+    fn clone(&self) -> Self {
+        Wal {
+            sender: self.sender.clone(),
+            bytes_on_disk: Arc::clone(&self.bytes_on_disk),
+            max_bytes: self.max_bytes,
+            failure: Arc::clone(&self.failure),
+        }
+    }
+}
+
+impl<J: Logged> Wal<J> {
     /// Recovers `dir` (creating it if needed), starts the appender thread,
     /// and returns the records that were not committed yet, in order.
     /// Jobs appended with their record go to `queue` once it is durable.
@@ -144,13 +185,15 @@ impl Wal {
         segment_bytes: u64,
         max_bytes: u64,
         metrics: Arc<Metrics>,
-        queue: Option<Sender<Job>>,
-    ) -> io::Result<(Wal, WalThread, Vec<Recovered>)> {
+        queue: Option<Sender<J>>,
+    ) -> io::Result<(Wal<J>, WalThread<J>, Vec<Recovered>)> {
         fs::create_dir_all(dir)?;
         let recovery = recover(dir, &metrics)?;
         let bytes_on_disk = Arc::new(AtomicU64::new(0));
+        let failure = Arc::new(Mutex::new(None));
         let mut appender = Appender::new(dir, segment_bytes, Arc::clone(&bytes_on_disk), metrics, recovery.next_seq);
         appender.queue = queue;
+        appender.failure = Arc::clone(&failure);
         for (first_seq, segment) in recovery.segments {
             appender.adopt(first_seq, segment);
         }
@@ -159,14 +202,14 @@ impl Wal {
         let (sender, receiver) = crossbeam_channel::unbounded();
         let handle =
             std::thread::Builder::new().name("wal-appender".to_string()).spawn(move || appender.run(receiver))?;
-        let wal = Wal { sender: sender.clone(), bytes_on_disk, max_bytes };
+        let wal = Wal { sender: sender.clone(), bytes_on_disk, max_bytes, failure };
         Ok((wal, WalThread { sender, handle }, recovery.records))
     }
 
     /// Appends `record`; resolves with its sequence number once it is on
     /// disk. `job` is queued for the writers then, by the appender: it gets
     /// there even if the caller stops waiting (a client that hung up).
-    pub async fn append(&self, record: WalRecord, job: Option<Job>) -> Result<u64, WalError> {
+    pub async fn append(&self, record: WalRecord, job: Option<J>) -> Result<u64, WalError> {
         let on_disk = self.bytes_on_disk.load(Ordering::Relaxed);
         if on_disk >= self.max_bytes {
             return Err(WalError::Full(on_disk));
@@ -191,15 +234,24 @@ impl Wal {
     pub fn is_full(&self) -> bool {
         self.bytes_on_disk() >= self.max_bytes
     }
+
+    /// Why the last write failed, if no write has succeeded since.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
 }
 
-impl WalThread {
+impl<J> WalThread<J> {
     /// Stops the appender after everything sent before; deletes the
-    /// segments whose records are all committed.
-    pub fn stop(self) {
+    /// segments whose records are all committed, and says what is left.
+    pub fn stop(self) -> Leftover {
         let _ = self.sender.send(Message::Shutdown);
-        if self.handle.join().is_err() {
-            tracing::error!(message = "the WAL appender thread panicked");
+        match self.handle.join() {
+            Ok(leftover) => leftover,
+            Err(_) => {
+                tracing::error!(message = "the WAL appender thread panicked");
+                Leftover::default()
+            }
         }
     }
 }
@@ -211,7 +263,7 @@ struct Segment {
     uncommitted: u64,
 }
 
-struct Appender {
+struct Appender<J> {
     dir: PathBuf,
     segment_bytes: u64,
     next_seq: u64,
@@ -223,11 +275,15 @@ struct Appender {
     buffer: Vec<u8>,
     bytes_on_disk: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
-    /// The writers' queue, for the jobs of durable records.
-    queue: Option<Sender<Job>>,
+    /// Where the jobs of durable records go.
+    queue: Option<Sender<J>>,
+    /// Shared with [`Wal::failure`].
+    failure: Arc<Mutex<Option<String>>>,
+    /// While the disk fails and no segment is usable: when to try again.
+    retry_at: Option<Instant>,
 }
 
-impl Appender {
+impl<J: Logged> Appender<J> {
     fn new(
         dir: &Path,
         segment_bytes: u64,
@@ -246,17 +302,36 @@ impl Appender {
             bytes_on_disk,
             metrics,
             queue: None,
+            failure: Arc::new(Mutex::new(None)),
+            retry_at: None,
         }
     }
 
     fn adopt(&mut self, first_seq: u64, segment: Segment) {
         self.bytes_on_disk.fetch_add(segment.bytes, Ordering::Relaxed);
+        self.metrics.wal_records.inc_by(segment.uncommitted as i64);
         self.segments.insert(first_seq, segment);
     }
 
-    fn run(mut self, receiver: Receiver<Message>) {
-        let mut group: Vec<Pending> = Vec::new();
-        while let Ok(first) = receiver.recv() {
+    fn run(mut self, receiver: Receiver<Message<J>>) -> Leftover {
+        let mut group: Vec<Pending<J>> = Vec::new();
+        loop {
+            let first = match self.retry_at {
+                // Failing and idle: try the disk again in time, so that
+                // readiness comes back without waiting for a request.
+                Some(retry_at) => match receiver.recv_deadline(retry_at) {
+                    Ok(message) => message,
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        self.try_disk_again();
+                        continue;
+                    }
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+                },
+                None => match receiver.recv() {
+                    Ok(message) => message,
+                    Err(_) => break,
+                },
+            };
             let mut stop = self.take(first, &mut group);
             while !stop && self.buffer.len() < MAX_GROUP_BYTES {
                 match receiver.try_recv() {
@@ -274,10 +349,22 @@ impl Appender {
         }
         self.seal_active();
         self.delete_committed_segments();
+        self.leftover()
+    }
+
+    /// Records still waiting for a commit, and the segments holding them.
+    fn leftover(&self) -> Leftover {
+        let mut leftover = Leftover::default();
+        for segment in self.segments.values().filter(|segment| segment.uncommitted > 0) {
+            leftover.records += segment.uncommitted;
+            leftover.segments += 1;
+            leftover.bytes += segment.bytes;
+        }
+        leftover
     }
 
     /// Handles one message; `true` for shutdown.
-    fn take(&mut self, message: Message, group: &mut Vec<Pending>) -> bool {
+    fn take(&mut self, message: Message<J>, group: &mut Vec<Pending<J>>) -> bool {
         match message {
             Message::Append { record, job, reply } => {
                 let seq = self.next_seq;
@@ -296,18 +383,46 @@ impl Appender {
         }
     }
 
+    /// Opens a segment again after a failure, if it is time to.
+    fn try_disk_again(&mut self) {
+        if self.active.is_some() || self.retry_at.is_some_and(|retry_at| Instant::now() < retry_at) {
+            return;
+        }
+        match self.open_active_segment() {
+            Ok(()) => {
+                tracing::info!(message = "WAL disk usable again");
+                self.retry_at = None;
+                self.set_failure(None);
+            }
+            Err(error) => {
+                self.retry_at = Some(Instant::now() + RETRY_EVERY);
+                self.set_failure(Some(error.to_string()));
+            }
+        }
+    }
+
+    fn set_failure(&self, failure: Option<String>) {
+        *self.failure.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = failure;
+    }
+
     /// One write and one `fdatasync` for the whole group, then the answers.
-    fn write_group(&mut self, group: &mut Vec<Pending>) {
+    fn write_group(&mut self, group: &mut Vec<Pending<J>>) {
         let started = Instant::now();
         let result = self.write_buffer();
         self.metrics.wal_append_duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
+                if self.retry_at.take().is_some()
+                    || self.failure.lock().map(|failure| failure.is_some()).unwrap_or(true)
+                {
+                    self.set_failure(None);
+                }
                 let Some(first_seq) = group.first().map(|pending| pending.seq) else { return };
                 let count = group.len() as u64;
                 if let Some((_, segment)) = self.segments.range_mut(..=first_seq).next_back() {
                     segment.uncommitted += count;
                 }
+                self.metrics.wal_records.inc_by(count as i64);
                 for Pending { seq, job, reply } in group.drain(..) {
                     if let Some(job) = job {
                         self.hand_to_writers(seq, job);
@@ -328,11 +443,13 @@ impl Appender {
                 for Pending { reply, .. } in group.drain(..) {
                     let _ = reply.send(Err(WalError::Io(error.to_string())));
                 }
+                self.set_failure(Some(error.to_string()));
                 // The file may hold part of the group: start a fresh segment
                 // so that the next group does not follow a torn record.
-                self.seal_active();
-                if let Err(error) = self.open_active_segment() {
-                    tracing::error!(message = "cannot open a new WAL segment", %error);
+                if self.active.is_some() {
+                    self.seal_active();
+                    self.retry_at = None;
+                    self.try_disk_again();
                 }
             }
         }
@@ -342,8 +459,8 @@ impl Appender {
     /// The queue is as large as the admission budget, so it only refuses a
     /// permitted ticket once the writers are gone (shutdown): the record
     /// stays in the log and the next start replays it.
-    fn hand_to_writers(&self, seq: u64, mut job: Job) {
-        job.wal_seq = Some(seq);
+    fn hand_to_writers(&self, seq: u64, mut job: J) {
+        job.logged_as(seq);
         let queued = self.queue.as_ref().is_some_and(|queue| queue.try_send(job).is_ok());
         if !queued {
             tracing::warn!(message = "ticket logged but not queued, it is replayed at the next start", seq);
@@ -352,7 +469,11 @@ impl Appender {
 
     fn write_buffer(&mut self) -> io::Result<()> {
         if self.active.is_none() {
-            self.open_active_segment()?;
+            self.try_disk_again();
+        }
+        if self.active.is_none() {
+            let failure = self.failure.lock().ok().and_then(|failure| failure.clone()).unwrap_or_default();
+            return Err(io::Error::other(format!("no usable WAL segment ({failure}), retrying every second")));
         }
         let (Some(file), Some(segment)) = (self.active.as_ref(), self.segments.values_mut().next_back()) else {
             return Err(io::Error::other("no active WAL segment"));
@@ -385,14 +506,26 @@ impl Appender {
         }
     }
 
-    /// Creates the segment that receives the next records.
+    /// Creates the segment that receives the next records; on failure,
+    /// removes what it created.
     fn open_active_segment(&mut self) -> io::Result<()> {
         let path = self.dir.join(segment_name(self.next_seq));
-        let mut file = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
-        file.write_all(MAGIC)?;
-        self.zeroed_to = zero_ahead(&file, MAGIC.len() as u64, ZERO_AHEAD.min(self.segment_bytes))?;
-        file.sync_all()?;
-        sync_dir(&self.dir)?;
+        let prepared = OpenOptions::new().create(true).truncate(true).write(true).open(&path).and_then(|mut file| {
+            file.write_all(MAGIC)?;
+            let zeroed_to = zero_ahead(&file, MAGIC.len() as u64, ZERO_AHEAD.min(self.segment_bytes))?;
+            file.sync_all()?;
+            sync_dir(&self.dir)?;
+            Ok((file, zeroed_to))
+        });
+        let (file, zeroed_to) = match prepared {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                let _ = fs::remove_file(&path);
+                let _ = sync_dir(&self.dir);
+                return Err(error);
+            }
+        };
+        self.zeroed_to = zeroed_to;
         self.bytes_on_disk.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
         self.segments.insert(self.next_seq, Segment { path, bytes: MAGIC.len() as u64, uncommitted: 0 });
         self.active = Some(file);
@@ -409,7 +542,10 @@ impl Appender {
 
     fn mark_committed(&mut self, seq: u64) {
         match self.segments.range_mut(..=seq).next_back() {
-            Some((_, segment)) if segment.uncommitted > 0 => segment.uncommitted -= 1,
+            Some((_, segment)) if segment.uncommitted > 0 => {
+                segment.uncommitted -= 1;
+                self.metrics.wal_records.dec();
+            }
             _ => tracing::warn!(message = "commit reported for an unknown WAL record", seq),
         }
     }
@@ -619,11 +755,11 @@ mod tests {
         dir
     }
 
-    fn open(dir: &Path, segment_bytes: u64) -> (Wal, WalThread, Vec<Recovered>) {
+    fn open(dir: &Path, segment_bytes: u64) -> (Wal<()>, WalThread<()>, Vec<Recovered>) {
         Wal::open(dir, segment_bytes, u64::MAX, Arc::new(Metrics::new()), None).expect("wal opens")
     }
 
-    fn append_all(wal: &Wal, records: &[WalRecord]) -> Vec<u64> {
+    fn append_all(wal: &Wal<()>, records: &[WalRecord]) -> Vec<u64> {
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         records.iter().map(|record| runtime.block_on(wal.append(record.clone(), None)).expect("append")).collect()
     }
@@ -668,7 +804,8 @@ mod tests {
         assert!(data.len() > end + FRAME_HEADER && data[end..].iter().all(|&byte| byte == 0), "zero-filled ahead");
 
         let metrics = Arc::new(Metrics::new());
-        let (_, thread, recovered) = Wal::open(&dir, 1 << 20, u64::MAX, Arc::clone(&metrics), None).expect("reopen");
+        let (_, thread, recovered) =
+            Wal::<()>::open(&dir, 1 << 20, u64::MAX, Arc::clone(&metrics), None).expect("reopen");
         thread.stop();
         assert_eq!(recovered.len(), 2);
         assert_eq!(metrics.wal_truncations.get(), 0, "the zeros are not damage");
@@ -677,7 +814,8 @@ mod tests {
         data[end - 3..end].fill(0);
         fs::write(&file, &data).expect("write");
         let metrics = Arc::new(Metrics::new());
-        let (_, thread, recovered) = Wal::open(&dir, 1 << 20, u64::MAX, Arc::clone(&metrics), None).expect("reopen");
+        let (_, thread, recovered) =
+            Wal::<()>::open(&dir, 1 << 20, u64::MAX, Arc::clone(&metrics), None).expect("reopen");
         thread.stop();
         assert_eq!(recovered.len(), 1);
         assert_eq!(metrics.wal_truncations.get(), 1);
@@ -785,7 +923,7 @@ mod tests {
     #[test]
     fn a_full_log_refuses_appends() {
         let dir = temp_dir();
-        let (wal, thread, _) = Wal::open(&dir, 1 << 20, 50, Arc::new(Metrics::new()), None).expect("opens");
+        let (wal, thread, _) = Wal::<()>::open(&dir, 1 << 20, 50, Arc::new(Metrics::new()), None).expect("opens");
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         runtime.block_on(wal.append(record(1), None)).expect("first fits");
         let refused = runtime.block_on(wal.append(record(2), None));

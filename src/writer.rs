@@ -25,47 +25,56 @@
 //! After the flush, the batch's WAL sequence numbers are reported to the
 //! log, which deletes a segment once all its records are committed.
 //!
+//! A flush returns what it could not write ([`Unwritten`]); the report
+//! answers each job with its own outcome ([`Stored`]), so an `ack = commit`
+//! request is never answered `202` for a ticket that was not stored.
+//!
 //! At shutdown the writers keep going until the admission budget is closed
 //! and every permit was given back, i.e. every accepted ticket is committed —
-//! except that a batch whose tickets are all in the WAL is not retried once
-//! the service is shutting down: the database may be down for long, and the
-//! next start replays those tickets.
+//! except for a batch whose every ticket may be abandoned
+//! ([`Job::may_be_abandoned`]: in the WAL, or awaited by an `ack = commit`
+//! request that then gets `503`). Such a batch is given up at the first
+//! failure once the service is shutting down, and any attempt to write it
+//! ends `shutdown_grace_ms` after the shutdown began: the database may be
+//! down for long, and the next start replays what the log holds.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use sqlx::{Connection, PgConnection};
-use tokio::sync::oneshot;
+use sqlx::PgConnection;
+use uuid::Uuid;
 
-use crate::admission::{Admission, Permit};
+use crate::admission::Admission;
 use crate::config::Settings;
+use crate::job::{Job, Stored};
 use crate::metrics::{KindLabels, Metrics, WriterLabels};
-use crate::store::{self, NewTicket, Written};
-use crate::ticket::{Problem, Status};
+use crate::store::{self, Failure, Written};
+use crate::ticket::{NewTicket, Problem, Status};
 use crate::wal::Wal;
 
 /// How often an idle writer checks whether the service is shutting down.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 /// How often an idle spare writer looks at the queue's depth.
 const SPARE_POLL: Duration = Duration::from_millis(5);
-const BACKOFF_FIRST: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// One accepted ticket on its way to the database.
-#[derive(Debug)]
-pub struct Job {
-    pub ticket: NewTicket,
-    /// Given back (dropped) once the ticket is committed.
-    pub permit: Permit,
-    /// Answered after commit when `ack = commit`.
-    pub reply: Option<oneshot::Sender<()>>,
-    /// The ticket's WAL record, reported committed after the flush.
-    pub wal_seq: Option<u64>,
+/// The tickets of a batch that a flush did not commit, with why.
+#[derive(Debug, Default)]
+struct Unwritten {
+    tickets: HashMap<Uuid, Stored>,
+}
+
+impl Unwritten {
+    fn outcome(&self, id: &Uuid) -> Stored {
+        self.tickets.get(id).copied().unwrap_or(Stored::Committed)
+    }
+
+    fn add(&mut self, tickets: &[&NewTicket], why: Stored) {
+        self.tickets.extend(tickets.iter().map(|ticket| (ticket.id, why)));
+    }
 }
 
 /// The batch triggers, shared by every writer and changed at run time by a
@@ -120,7 +129,7 @@ impl Writers {
         database_url: &str,
         queue: Receiver<Job>,
         admission: Arc<Admission>,
-        wal: Wal,
+        wal: Wal<Job>,
         tuning: Arc<BatchTuning>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Writers> {
@@ -135,9 +144,8 @@ impl Writers {
                 metrics: Arc::clone(&metrics),
                 database_url: database_url.to_string(),
                 tuning: Arc::clone(&tuning),
+                grace: settings.shutdown_grace(),
                 connection: None,
-                not_committed: Vec::new(),
-                in_wal: false,
                 runtime,
             };
             let handle = std::thread::Builder::new().name(format!("writer-{number}")).spawn(move || writer.run())?;
@@ -160,16 +168,14 @@ struct Writer {
     number: usize,
     queue: Receiver<Job>,
     admission: Arc<Admission>,
-    wal: Wal,
+    wal: Wal<Job>,
     metrics: Arc<Metrics>,
     database_url: String,
     tuning: Arc<BatchTuning>,
+    /// How long after the shutdown began a batch that may be abandoned is
+    /// still tried (`shutdown_grace_ms`).
+    grace: Duration,
     connection: Option<PgConnection>,
-    /// Tickets of the current batch that were not committed (unstorable, or
-    /// left to the next start at shutdown); their WAL records are kept.
-    not_committed: Vec<uuid::Uuid>,
-    /// Every ticket of the current batch is in the WAL.
-    in_wal: bool,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -179,14 +185,25 @@ enum WriteError {
     Transient(sqlx::Error),
     /// The database refused the data.
     Data(sqlx::Error),
+    /// The shutdown's grace period ran out during the attempt.
+    GraceOver,
+}
+
+/// How a write that did not commit ended.
+enum Ended {
+    Data(sqlx::Error),
+    /// Given up at shutdown, for this reason.
+    Abandoned(String),
 }
 
 impl Writer {
     fn run(mut self) {
         tracing::debug!(message = "writer started", writer = self.number);
         while let Some(batch) = self.collect_batch() {
-            self.flush(&batch);
-            self.report(batch);
+            let span = tracing::info_span!("batch", writer = self.number, tickets = batch.len());
+            let _entered = span.enter();
+            let unwritten = self.flush(&batch);
+            self.report(batch, &unwritten);
         }
         tracing::debug!(message = "writer stopped", writer = self.number);
     }
@@ -239,54 +256,85 @@ impl Writer {
         self.number > 0 && !backlog && !self.admission.is_closed()
     }
 
-    fn flush(&mut self, batch: &[Job]) {
+    /// Writes the batch; returns what it could not commit.
+    fn flush(&mut self, batch: &[Job]) -> Unwritten {
         let started = Instant::now();
         let tickets: Vec<&NewTicket> = batch.iter().map(|job| &job.ticket).collect();
-        self.in_wal = batch.iter().all(|job| job.wal_seq.is_some());
-        self.write_until_stored(&tickets);
+        let may_be_abandoned = batch.iter().all(Job::may_be_abandoned);
+        let mut unwritten = Unwritten::default();
+        self.write_until_stored(&tickets, may_be_abandoned, &mut unwritten);
         self.metrics.batch_size.observe(batch.len() as f64);
         self.metrics.batches.get_or_create(&WriterLabels { writer: self.number }).inc();
         self.metrics.flush_duration.observe(started.elapsed().as_secs_f64());
+        unwritten
     }
 
-    /// Writes `tickets`, retrying transient errors and bisecting data errors.
-    fn write_until_stored(&mut self, tickets: &[&NewTicket]) {
+    /// Writes `tickets`, bisecting data errors; adds what it could not
+    /// write to `unwritten`.
+    fn write_until_stored(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool, unwritten: &mut Unwritten) {
+        match self.write_retrying(tickets, may_be_abandoned) {
+            Ok(written) => self.count_written(written),
+            Err(Ended::Abandoned(reason)) => self.abandon(tickets, &reason, unwritten),
+            Err(Ended::Data(error)) => {
+                self.metrics.db_errors.get_or_create(&KindLabels { kind: "data" }).inc();
+                self.bisect(tickets, may_be_abandoned, &error, unwritten);
+            }
+        }
+    }
+
+    /// Writes `tickets`, retrying transient errors with backoff, until they
+    /// are committed, the data is refused, or — shutting down, on tickets
+    /// that may be abandoned — the database fails or the grace period ends.
+    fn write_retrying(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool) -> Result<Written, Ended> {
         let mut attempt: u32 = 0;
         loop {
-            match self.try_write(tickets) {
-                Ok(written) => return self.count_written(written),
-                Err(WriteError::Transient(error)) if self.in_wal && self.admission.is_closed() => {
-                    // Shutting down and the database is unavailable: these
-                    // tickets are in the WAL, the next start writes them.
-                    tracing::warn!(message = "database unavailable at shutdown, batch left in the WAL for the next start", tickets = tickets.len(), %error);
-                    self.not_committed.extend(tickets.iter().map(|ticket| ticket.id));
-                    return;
+            match self.try_write(tickets, may_be_abandoned) {
+                Ok(written) => return Ok(written),
+                Err(WriteError::Data(error)) => return Err(Ended::Data(error)),
+                Err(WriteError::GraceOver) => return Err(Ended::Abandoned("grace period over".to_string())),
+                Err(WriteError::Transient(error)) if may_be_abandoned && self.admission.is_closed() => {
+                    return Err(Ended::Abandoned(error.to_string()));
                 }
                 Err(WriteError::Transient(error)) => {
                     attempt = attempt.saturating_add(1);
                     self.wait_before_retry(attempt, &error);
                 }
-                Err(WriteError::Data(error)) => {
-                    self.metrics.db_errors.get_or_create(&KindLabels { kind: "data" }).inc();
-                    return self.bisect(tickets, &error);
-                }
             }
         }
     }
 
-    fn bisect(&mut self, tickets: &[&NewTicket], error: &sqlx::Error) {
+    /// Gives tickets up at shutdown: those in the WAL stay there for the
+    /// next start, the waiting `ack = commit` requests get `503`.
+    fn abandon(&self, tickets: &[&NewTicket], reason: &str, unwritten: &mut Unwritten) {
+        tracing::warn!(message = "database unavailable at shutdown, tickets not written: those in the WAL are written at the next start, waiting requests are refused", tickets = tickets.len(), error = reason);
+        unwritten.add(tickets, Stored::Abandoned);
+    }
+
+    fn bisect(
+        &mut self,
+        tickets: &[&NewTicket],
+        may_be_abandoned: bool,
+        error: &sqlx::Error,
+        unwritten: &mut Unwritten,
+    ) {
         if let [poison] = tickets {
-            return self.store_poison(poison, error);
+            return self.store_poison(poison, may_be_abandoned, error, unwritten);
         }
         let (left, right) = tickets.split_at(tickets.len() / 2);
         tracing::warn!(message = "batch refused for its data, splitting it", writer = self.number, tickets = tickets.len(), %error);
-        self.write_until_stored(left);
-        self.write_until_stored(right);
+        self.write_until_stored(left, may_be_abandoned, unwritten);
+        self.write_until_stored(right, may_be_abandoned, unwritten);
     }
 
     /// Stores a ticket the database refused as `invalid`, with its raw body
     /// and the database's message, and without lines.
-    fn store_poison(&mut self, ticket: &NewTicket, cause: &sqlx::Error) {
+    fn store_poison(
+        &mut self,
+        ticket: &NewTicket,
+        may_be_abandoned: bool,
+        cause: &sqlx::Error,
+        unwritten: &mut Unwritten,
+    ) {
         self.metrics.poison_tickets.inc();
         tracing::warn!(message = "ticket refused by the database, stored as invalid", id = %ticket.id, error = %cause);
         // Keep only what cannot be at fault: ids, time, key, raw bytes.
@@ -301,38 +349,46 @@ impl Writer {
             code: "database_rejected",
             message: format!("PostgreSQL refused the ticket: {cause}"),
         });
-        let mut attempt: u32 = 0;
-        loop {
-            match self.try_write(&[&poison]) {
-                Ok(written) => return self.count_written(written),
-                Err(WriteError::Transient(error)) => {
-                    attempt = attempt.saturating_add(1);
-                    self.wait_before_retry(attempt, &error);
-                }
-                Err(WriteError::Data(error)) => {
-                    // Only the raw body and fixed columns are left: this is
-                    // a schema problem, not the ticket's. Keep it loud.
-                    self.metrics.db_errors.get_or_create(&KindLabels { kind: "unstorable" }).inc();
-                    tracing::error!(message = "ticket could not be stored even as invalid, kept in the WAL", id = %ticket.id, %error);
-                    self.not_committed.push(ticket.id);
-                    return;
-                }
+        match self.write_retrying(&[&poison], may_be_abandoned) {
+            Ok(written) => self.count_written(written),
+            Err(Ended::Abandoned(reason)) => self.abandon(&[ticket], &reason, unwritten),
+            Err(Ended::Data(error)) => {
+                // Only the raw body and fixed columns are left: this is a
+                // schema problem, not the ticket's. Keep it loud.
+                self.metrics.db_errors.get_or_create(&KindLabels { kind: "unstorable" }).inc();
+                tracing::error!(message = "ticket could not be stored even as invalid: kept in the WAL if it is there, refused if its request waits", id = %ticket.id, %error);
+                unwritten.add(&[ticket], Stored::Refused);
             }
         }
     }
 
-    fn try_write(&mut self, tickets: &[&NewTicket]) -> Result<Written, WriteError> {
+    /// One attempt, on the writer's connection (opened first if needed).
+    /// Once the service is shutting down, an attempt on tickets that may be
+    /// abandoned ends with the grace period.
+    fn try_write(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool) -> Result<Written, WriteError> {
+        let grace_left = match self.admission.closed_for() {
+            Some(closed_for) if may_be_abandoned => Some(self.grace.saturating_sub(closed_for)),
+            _ => None,
+        };
         let runtime = &self.runtime;
         let connection = &mut self.connection;
         let database_url = &self.database_url;
         runtime.block_on(async {
-            let mut open = match connection.take() {
-                Some(open) => open,
-                None => PgConnection::connect(database_url).await.map_err(WriteError::Transient)?,
+            let attempt = async {
+                let mut open = match connection.take() {
+                    Some(open) => open,
+                    None => store::connect(database_url).await.map_err(WriteError::Transient)?,
+                };
+                let result = store::write_batch(&mut open, tickets).await.map_err(classify);
+                *connection = Some(open);
+                result
             };
-            let result = store::write_batch(&mut open, tickets).await.map_err(classify);
-            *connection = Some(open);
-            result
+            match grace_left {
+                // Dropping the attempt drops its connection, and with it any
+                // transaction left open.
+                Some(left) => tokio::time::timeout(left, attempt).await.unwrap_or(Err(WriteError::GraceOver)),
+                None => attempt.await,
+            }
         })
     }
 
@@ -341,27 +397,23 @@ impl Writer {
         self.metrics.db_errors.get_or_create(&KindLabels { kind: "transient" }).inc();
         // The connection may be broken or mid-transaction: start afresh.
         self.connection = None;
-        let delay = backoff(attempt);
+        let delay = store::backoff(attempt);
         tracing::warn!(message = "database write failed, retrying", writer = self.number, attempt, delay_ms = delay.as_millis() as u64, %error);
         std::thread::sleep(delay);
     }
 
     /// Tells the WAL what is committed, answers the `ack = commit`
-    /// requests; dropping the jobs gives their permits back.
-    fn report(&mut self, batch: Vec<Job>) {
+    /// requests with their ticket's outcome; dropping the jobs gives their
+    /// permits back.
+    fn report(&mut self, batch: Vec<Job>, unwritten: &Unwritten) {
         let mut committed = Vec::with_capacity(batch.len());
-        for job in batch {
-            if let Some(seq) = job.wal_seq {
-                if !self.not_committed.contains(&job.ticket.id) {
-                    committed.push(seq);
-                }
+        for mut job in batch {
+            let outcome = unwritten.outcome(&job.ticket.id);
+            if let (Stored::Committed, Some(seq)) = (outcome, job.wal_seq) {
+                committed.push(seq);
             }
-            if let Some(reply) = job.reply {
-                // The client may have gone away; its ticket is stored all the same.
-                let _ = reply.send(());
-            }
+            job.answer(outcome);
         }
-        self.not_committed.clear();
         self.wal.committed(committed);
     }
 
@@ -372,41 +424,9 @@ impl Writer {
     }
 }
 
-/// Only data errors (classes 22 and 23) are the batch's fault; everything
-/// else — I/O, connection, serialization, deadlock, shutdown, resources, a
-/// dropped table — is retried, because dropping tickets is never an option.
 fn classify(error: sqlx::Error) -> WriteError {
-    let is_data = match &error {
-        sqlx::Error::Database(database) => {
-            database.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
-        }
-        sqlx::Error::Encode(_) => true,
-        _ => false,
-    };
-    if is_data {
-        WriteError::Data(error)
-    } else {
-        WriteError::Transient(error)
-    }
-}
-
-/// 50 ms doubling up to 5 s, with up to 50 % random jitter so that writers
-/// do not retry in lockstep.
-fn backoff(attempt: u32) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(16);
-    let base = BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_MAX);
-    let jitter_fraction = (RandomState::new().hash_one(attempt) % 500) as u32;
-    base + base * jitter_fraction / 1000
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_then_stays_capped() {
-        assert!(backoff(1) >= BACKOFF_FIRST && backoff(1) < BACKOFF_FIRST * 2);
-        assert!(backoff(3) >= BACKOFF_FIRST * 4);
-        assert!(backoff(40) >= BACKOFF_MAX && backoff(40) <= BACKOFF_MAX * 3 / 2);
+    match store::classify(&error) {
+        Failure::Data => WriteError::Data(error),
+        Failure::Transient => WriteError::Transient(error),
     }
 }

@@ -153,8 +153,11 @@
 
 use std::fmt::{self, Write as _};
 
+use bytes::Bytes;
 use rust_decimal::Decimal;
 use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
 
 /// What the parser made of a ticket as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -207,6 +210,35 @@ pub struct ParsedTicket {
     pub total: Option<Decimal>,
     pub lines: Vec<Line>,
     pub problems: Vec<Problem>,
+}
+
+/// A ticket on its way to the database: the body exactly as received, what
+/// the parser made of it, and the identity it keeps for good.
+#[derive(Debug, Clone)]
+pub struct NewTicket {
+    /// UUIDv7, assigned on arrival.
+    pub id: Uuid,
+    pub received_at: OffsetDateTime,
+    /// `Idempotency-Key` (or `webhook-id`) of the request, if any.
+    pub idempotency_key: Option<String>,
+    /// The body exactly as received (after gzip decoding).
+    pub raw: Bytes,
+    pub parsed: ParsedTicket,
+}
+
+impl NewTicket {
+    /// A ticket that has just arrived: parsed now, a fresh UUIDv7, received
+    /// now.
+    pub fn arrived(raw: Bytes, idempotency_key: Option<String>) -> NewTicket {
+        NewTicket::known(Uuid::now_v7(), OffsetDateTime::now_utc(), idempotency_key, raw)
+    }
+
+    /// A ticket seen before (a log record, a stored row), parsed again with
+    /// today's parser; it keeps its id and arrival time.
+    pub fn known(id: Uuid, received_at: OffsetDateTime, idempotency_key: Option<String>, raw: Bytes) -> NewTicket {
+        let parsed = ParsedTicket::parse(&raw);
+        NewTicket { id, received_at, idempotency_key, raw, parsed }
+    }
 }
 
 /// Line problems listed before the rest is summed up in `too_many_problems`.

@@ -98,3 +98,31 @@ async fn large_tickets_are_bounded_by_the_byte_budget_long_before_the_ticket_cou
     assert_eq!(app.post_ticket(long_ticket(99, 200)).await.status(), 202);
     app.wait_for_count("tickets", accepted + 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_as_soon_as_the_byte_budget_cannot_take_a_small_ticket() {
+    let app = spawn_app_with(|settings| {
+        settings.queue_max_bytes = 256 * 1024;
+        settings.ack = AckMode::Memory;
+    })
+    .await;
+    let lock = crate::helpers::TicketsLocked::take(&app.database_url).await;
+    // Large tickets first, then small ones, until even a small one is refused.
+    let mut order = 0;
+    for lines in [400, 10] {
+        loop {
+            order += 1;
+            let status = app.post_ticket(long_ticket(order, lines)).await.status();
+            if status == 503 {
+                break;
+            }
+            assert_eq!(status, 202);
+        }
+    }
+
+    let ready = app.get("/readyz").await;
+
+    assert_eq!(ready.status(), 503, "ready while a ticket of 10 lines is refused");
+    assert!(ready.text().await.expect("text").contains("admission budget"));
+    lock.release().await;
+}

@@ -254,3 +254,21 @@ async fn spare_writers_join_when_the_waiting_tickets_fill_a_batch_in_bytes() {
     post_while_tickets_are_locked(&app, 20).await;
     assert!(batches_of_writer(&app, 1).await >= 1.0, "the spare writer wrote nothing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ack_commit_a_ticket_the_database_refuses_even_as_invalid_is_answered_503_not_202() {
+    let app = spawn_app_with(|settings| settings.ack = ticket_ingest::config::AckMode::Commit).await;
+    // A rule on the raw bytes themselves: not even the invalid copy passes.
+    sqlx::query("ALTER TABLE tickets ADD CONSTRAINT no_unstorable CHECK (position('unstorable'::bytea IN raw) = 0)")
+        .execute(&app.db)
+        .await
+        .expect("constraint");
+
+    let refused = app.post_ticket(numbered_ticket(1).replace("Order: 1", "Order: unstorable")).await;
+    let stored = app.post_ticket(numbered_ticket(2)).await;
+
+    assert_eq!(refused.status(), 503, "never a 202 for a ticket that was not stored");
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(stored.status(), 202);
+    assert_eq!(app.count("tickets").await, 1);
+}

@@ -15,7 +15,7 @@ use crate::helpers::{
 async fn kill_9_mid_load_then_restart_on_the_same_wal_stores_every_acknowledged_ticket_once() {
     let database_url = fresh_database().await;
     let wal_dir = temp_dir("wal");
-    let service = ServiceProcess::start(&database_url, &wal_dir, AckMode::Wal, &[]).await;
+    let mut service = ServiceProcess::start(&database_url, &wal_dir, AckMode::Wal, &[]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(run_load(service.address.clone(), 30, 5_000, 1, Arc::clone(&stop)));
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -66,7 +66,7 @@ async fn an_outage_then_kill_9_then_restart_still_stores_every_acknowledged_tick
     let database_url = fresh_database().await;
     let wal_dir = temp_dir("wal");
     let proxy = DbProxy::start(&database_url).await;
-    let service = ServiceProcess::start(&proxy.url(&database_url), &wal_dir, AckMode::Wal, &[]).await;
+    let mut service = ServiceProcess::start(&proxy.url(&database_url), &wal_dir, AckMode::Wal, &[]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(run_load(service.address.clone(), 20, 3_000, 1, Arc::clone(&stop)));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -92,19 +92,28 @@ async fn sigterm_during_an_outage_with_ack_wal_exits_0_and_the_next_start_stores
     let database_url = fresh_database().await;
     let wal_dir = temp_dir("wal");
     let proxy = DbProxy::start(&database_url).await;
-    let service = ServiceProcess::start(&proxy.url(&database_url), &wal_dir, AckMode::Wal, &[]).await;
+    let mut service = ServiceProcess::start(&proxy.url(&database_url), &wal_dir, AckMode::Wal, &[]).await;
     proxy.cut();
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(run_load(service.address.clone(), 10, 300, 1, Arc::clone(&stop)));
     let outcome = load.await.expect("load");
+    let metrics = reqwest::get(format!("{}/metrics", service.address)).await.expect("metrics");
+    let metrics = metrics.text().await.expect("metrics text");
 
     service.signal("TERM");
     let exit_code = service.wait_exit(Duration::from_secs(20)).await;
+    let log = service.log_text();
     proxy.restore();
     let restarted = ServiceProcess::start(&database_url, &wal_dir, AckMode::Wal, &[]).await;
 
     assert_eq!(exit_code, Some(0), "shutdown does not wait for the database when the WAL holds the tickets");
     assert_eq!(outcome.accepted.len(), 300, "acknowledged from the WAL while the database was down");
+    assert!(metrics.contains("ticket_ingest_wal_records 300"), "{metrics}");
+    assert!(
+        !log.contains("every accepted ticket is committed"),
+        "a shutdown that left tickets behind said otherwise:\n{log}"
+    );
+    assert!(log.contains("tickets=300") && log.contains("do not delete it"), "the shutdown names what is left:\n{log}");
     let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
     assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
     drop(restarted);
@@ -154,7 +163,7 @@ async fn a_log_larger_than_the_budget_is_replayed_in_the_background_while_health
     // 50 records left by an earlier run, more than the budget of 10.
     let mut settings = test_settings().await;
     let (wal, thread, _) =
-        Wal::open(&settings.wal_dir, 1 << 20, u64::MAX, Arc::new(Metrics::new()), None).expect("wal opens");
+        Wal::<()>::open(&settings.wal_dir, 1 << 20, u64::MAX, Arc::new(Metrics::new()), None).expect("wal opens");
     for order in 0..50 {
         let record = WalRecord {
             id: uuid::Uuid::now_v7(),

@@ -56,6 +56,7 @@ pub async fn test_settings() -> Settings {
 /// The service running in this process.
 pub struct TestApp {
     pub address: String,
+    pub database_url: String,
     pub db: PgPool,
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
@@ -81,7 +82,14 @@ pub async fn spawn_app_from(settings: Settings) -> TestApp {
         let _ = stopped.await;
     }));
     let db = PgPool::connect(&database_url).await.expect("test pool");
-    TestApp { address, db, client: reqwest::Client::new(), shutdown: Some(shutdown), server: Some(server) }
+    TestApp {
+        address,
+        database_url,
+        db,
+        client: reqwest::Client::new(),
+        shutdown: Some(shutdown),
+        server: Some(server),
+    }
 }
 
 impl TestApp {
@@ -116,6 +124,13 @@ impl TestApp {
         wait_for_count(&self.db, table, expected, Duration::from_secs(20)).await;
     }
 
+    /// Starts posting `body` with an `Idempotency-Key` in a task of its own.
+    pub fn spawn_post_with_key(&self, body: &str, key: &str) -> JoinHandle<reqwest::Response> {
+        let request =
+            self.client.post(format!("{}/ticket", self.address)).header("Idempotency-Key", key).body(body.to_string());
+        tokio::spawn(async move { request.send().await.expect("request sent") })
+    }
+
     /// Fires the shutdown and waits until every accepted ticket is committed.
     pub async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
@@ -124,6 +139,26 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.await.expect("server task").expect("clean shutdown");
         }
+    }
+}
+
+/// Holds `LOCK TABLE tickets` in an open transaction, so that every write
+/// of the writers waits, until [`TicketsLocked::release`].
+pub struct TicketsLocked {
+    connection: PgConnection,
+}
+
+impl TicketsLocked {
+    pub async fn take(database_url: &str) -> TicketsLocked {
+        let mut connection = PgConnection::connect(database_url).await.expect("locker connection");
+        sqlx::Executor::execute(&mut connection, "BEGIN; LOCK TABLE tickets IN ACCESS EXCLUSIVE MODE")
+            .await
+            .expect("lock tickets");
+        TicketsLocked { connection }
+    }
+
+    pub async fn release(mut self) {
+        sqlx::Executor::execute(&mut self.connection, "ROLLBACK").await.expect("unlock tickets");
     }
 }
 
@@ -152,14 +187,16 @@ pub fn numbered_ticket(order: u64) -> String {
 pub struct ServiceProcess {
     pub child: Child,
     pub address: String,
+    /// Where its standard error (the log) goes.
+    pub log: PathBuf,
 }
 
-/// The child's log, kept in a temp directory for post-mortems.
-fn log_file() -> Stdio {
+/// The child's log, kept in a temp directory for post-mortems and tests.
+fn log_file() -> (Stdio, PathBuf) {
     let path = temp_dir("log").join("ticket-ingest.log");
     match std::fs::File::create(&path) {
-        Ok(file) => Stdio::from(file),
-        Err(_) => Stdio::null(),
+        Ok(file) => (Stdio::from(file), path),
+        Err(_) => (Stdio::null(), path),
     }
 }
 
@@ -197,6 +234,7 @@ impl ServiceProcess {
             AckMode::Commit => "commit",
             AckMode::Memory => "memory",
         };
+        let (stderr, log) = log_file();
         let mut command = Command::new(env!("CARGO_BIN_EXE_ticket-ingest"));
         command
             .arg("serve")
@@ -209,12 +247,12 @@ impl ServiceProcess {
             .env("TICKET_INGEST_LOG_LEVEL", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_file());
+            .stderr(stderr);
         for (key, value) in extra_env {
             command.env(key, value);
         }
         let child = command.spawn().expect("start ticket-ingest");
-        let process = ServiceProcess { child, address: format!("http://{listen}") };
+        let process = ServiceProcess { child, address: format!("http://{listen}"), log };
         process.wait_until_healthy().await;
         process
     }
@@ -238,8 +276,13 @@ impl ServiceProcess {
         assert!(status.expect("kill runs").success(), "kill -{signal} failed");
     }
 
+    /// What it has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// Waits for the process to exit and returns its exit code.
-    pub async fn wait_exit(mut self, timeout: Duration) -> Option<i32> {
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {

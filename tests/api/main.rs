@@ -3,9 +3,11 @@
 mod admission;
 mod batches;
 mod contract;
+mod disk;
 mod durability;
 mod helpers;
 mod idempotency;
+mod limits;
 mod openapi;
 mod reload;
 mod reprocess;

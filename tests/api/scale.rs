@@ -47,7 +47,8 @@ async fn killing_and_restarting_one_of_two_instances_behind_haproxy_loses_no_ack
     let database_url = fresh_database().await;
     let (first, second) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
     let first_wal = temp_dir("wal");
-    let one = ServiceProcess::start(&database_url, &first_wal, AckMode::Wal, &[("TICKET_INGEST_LISTEN", &first)]).await;
+    let mut one =
+        ServiceProcess::start(&database_url, &first_wal, AckMode::Wal, &[("TICKET_INGEST_LISTEN", &first)]).await;
     let two =
         ServiceProcess::start(&database_url, &temp_dir("wal"), AckMode::Wal, &[("TICKET_INGEST_LISTEN", &second)])
             .await;

@@ -31,7 +31,7 @@ async fn stopping_with_tickets_still_queued_commits_every_one_of_them() {
 
 async fn sigterm_under_load_loses_nothing(ack: AckMode) {
     let database_url = fresh_database().await;
-    let service = ServiceProcess::start(&database_url, &temp_dir("wal"), ack, &[]).await;
+    let mut service = ServiceProcess::start(&database_url, &temp_dir("wal"), ack, &[]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(run_load(service.address.clone(), 30, 3_000, 1, Arc::clone(&stop)));
     tokio::time::sleep(Duration::from_millis(700)).await;

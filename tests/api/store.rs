@@ -3,7 +3,8 @@
 
 use bytes::Bytes;
 use sqlx::{Connection, PgConnection, PgPool};
-use ticket_ingest::store::{self, NewTicket, Written};
+use ticket_ingest::store::{self, Written};
+use ticket_ingest::ticket::NewTicket;
 use ticket_ingest::ticket::ParsedTicket;
 use time::OffsetDateTime;
 use uuid::Uuid;

@@ -1,0 +1,317 @@
+//! The idempotency window: recent `Idempotency-Key`s and the answer their
+//! first request got, so that a repeat gets the same answer.
+//!
+//! # Rules
+//!
+//! - The first request with a key **claims** it ([`RecentKeys::claim`]) and
+//!   holds a [`Claim`] while it makes its ticket as safe as the ack mode
+//!   promises. It then settles the claim with its answer, or drops it on a
+//!   refusal.
+//! - A repeat that arrives meanwhile **waits** for that outcome
+//!   ([`Repeat::outcome`]): never a `202` for a first request that is not
+//!   durable yet. If the first is refused, the repeat gets the same
+//!   refusal, and the key is free again for the producer's next retry.
+//! - A repeat is compared with the first by a hash of its body: the same
+//!   body is a duplicate (`202` with the first id), another body is a
+//!   conflict (first wins; the caller answers `409` with the first id).
+//! - Bounded: [`CAPACITY`] keys, the oldest forgotten first. Older repeats
+//!   are still stored once (the `idempotency_key` column is unique); they
+//!   just get a fresh id in their answer.
+//!
+//! Every operation is O(1) under one mutex: the age order is a queue of
+//! (key, generation) and an entry is only evicted by the generation that
+//! created it, so forgetting a key does not scan the queue.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hasher;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::ticket::Status;
+
+/// Keys remembered.
+pub const CAPACITY: usize = 65_536;
+
+/// What the first request with a key was answered, and what it sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub id: Uuid,
+    pub status: Status,
+}
+
+/// How a repeat relates to its first request, once that one succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeated {
+    /// Same body: answer the first answer again.
+    Duplicate(Answer),
+    /// Another body under the same key: not stored; the first one stands.
+    Conflict(Answer),
+}
+
+/// The first request's outcome, as its repeats see it. `F` is how the
+/// caller describes a refusal.
+type Outcome<F> = Option<Result<Answer, F>>;
+
+pub struct RecentKeys<F> {
+    inner: Arc<Mutex<Inner<F>>>,
+}
+
+struct Inner<F> {
+    entries: HashMap<String, Entry<F>>,
+    /// Keys in the order they were claimed, with the generation of the claim.
+    order: VecDeque<(String, u64)>,
+    next_generation: u64,
+}
+
+struct Entry<F> {
+    generation: u64,
+    body_hash: u64,
+    first_id: Uuid,
+    outcome: watch::Receiver<Outcome<F>>,
+}
+
+/// Held by the first request with a key until it knows its answer.
+/// Dropped unsettled, it tells the waiting repeats the first one failed
+/// without saying how (a cancelled request), and frees the key.
+pub struct Claim<F> {
+    inner: Arc<Mutex<Inner<F>>>,
+    key: String,
+    generation: u64,
+    sender: Option<watch::Sender<Outcome<F>>>,
+}
+
+/// A repeat of a key whose first request is known or under way.
+pub struct Repeat<F> {
+    body_hash: u64,
+    first_body_hash: u64,
+    outcome: watch::Receiver<Outcome<F>>,
+}
+
+/// What [`RecentKeys::claim`] found.
+pub enum Claimed<F> {
+    First(Claim<F>),
+    Repeat(Repeat<F>),
+}
+
+/// The first request went away without an answer (its client hung up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstVanished;
+
+impl<F: Clone + Send + Sync + 'static> RecentKeys<F> {
+    pub fn new() -> RecentKeys<F> {
+        let inner = Inner { entries: HashMap::new(), order: VecDeque::new(), next_generation: 0 };
+        RecentKeys { inner: Arc::new(Mutex::new(inner)) }
+    }
+
+    /// Claims `key` for a ticket `id` with this body, or finds the request
+    /// that claimed it first.
+    pub fn claim(&self, key: &str, id: Uuid, body: &[u8]) -> Claimed<F> {
+        let body_hash = hash(body);
+        let mut inner = lock(&self.inner);
+        if let Some(entry) = inner.entries.get(key) {
+            return Claimed::Repeat(Repeat {
+                body_hash,
+                first_body_hash: entry.body_hash,
+                outcome: entry.outcome.clone(),
+            });
+        }
+        inner.evict_to(CAPACITY - 1);
+        let generation = inner.next_generation;
+        inner.next_generation += 1;
+        let (sender, outcome) = watch::channel(None);
+        inner.entries.insert(key.to_string(), Entry { generation, body_hash, first_id: id, outcome });
+        inner.order.push_back((key.to_string(), generation));
+        Claimed::First(Claim { inner: Arc::clone(&self.inner), key: key.to_string(), generation, sender: Some(sender) })
+    }
+
+    /// Keys remembered now, settled or under way.
+    pub fn len(&self) -> usize {
+        lock(&self.inner).entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The id given to the first request with `key`, if it is remembered.
+    pub fn first_id(&self, key: &str) -> Option<Uuid> {
+        lock(&self.inner).entries.get(key).map(|entry| entry.first_id)
+    }
+}
+
+impl<F: Clone + Send + Sync + 'static> Default for RecentKeys<F> {
+    fn default() -> Self {
+        RecentKeys::new()
+    }
+}
+
+impl<F> Inner<F> {
+    /// Forgets the oldest keys until at most `keep` are left.
+    fn evict_to(&mut self, keep: usize) {
+        while self.entries.len() > keep {
+            let Some((key, generation)) = self.order.pop_front() else { break };
+            if self.entries.get(&key).is_some_and(|entry| entry.generation == generation) {
+                self.entries.remove(&key);
+            }
+        }
+        // Forgotten claims leave stale queue entries behind; drop them once
+        // they outnumber the live ones.
+        if self.order.len() > 2 * self.entries.len().max(1024) {
+            let entries = &self.entries;
+            self.order
+                .retain(|(key, generation)| entries.get(key).is_some_and(|entry| entry.generation == *generation));
+        }
+    }
+
+    fn forget(&mut self, key: &str, generation: u64) {
+        if self.entries.get(key).is_some_and(|entry| entry.generation == generation) {
+            self.entries.remove(key);
+        }
+    }
+}
+
+impl<F> Claim<F> {
+    /// The first request is answered `202` with `answer`: its repeats get it too.
+    pub fn succeed(mut self, answer: Answer) {
+        if let Some(sender) = self.sender.take() {
+            sender.send_replace(Some(Ok(answer)));
+        }
+    }
+
+    /// The first request is refused: its waiting repeats get the same
+    /// refusal and the key is free for the next try.
+    pub fn fail(mut self, refusal: F) {
+        lock(&self.inner).forget(&self.key, self.generation);
+        if let Some(sender) = self.sender.take() {
+            sender.send_replace(Some(Err(refusal)));
+        }
+    }
+}
+
+impl<F> Drop for Claim<F> {
+    fn drop(&mut self) {
+        if self.sender.is_some() {
+            // Neither settled: the sender is dropped with it, which wakes the
+            // repeats with `FirstVanished`.
+            lock(&self.inner).forget(&self.key, self.generation);
+        }
+    }
+}
+
+impl<F: Clone> Repeat<F> {
+    /// Waits for the first request's outcome: how this repeat relates to it
+    /// once it succeeded, or the refusal it got.
+    pub async fn outcome(mut self) -> Result<Result<Repeated, F>, FirstVanished> {
+        let settled = self.outcome.wait_for(Option::is_some).await.map_err(|_| FirstVanished)?;
+        let result = match settled.as_ref() {
+            Some(Ok(answer)) if self.body_hash == self.first_body_hash => Ok(Repeated::Duplicate(*answer)),
+            Some(Ok(answer)) => Ok(Repeated::Conflict(*answer)),
+            Some(Err(refusal)) => Err(refusal.clone()),
+            None => return Err(FirstVanished),
+        };
+        Ok(result)
+    }
+}
+
+fn lock<F>(inner: &Mutex<Inner<F>>) -> MutexGuard<'_, Inner<F>> {
+    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// SipHash with fixed keys: the same body always gives the same hash.
+fn hash(body: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    hasher.write(body);
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer() -> Answer {
+        Answer { id: Uuid::now_v7(), status: Status::Ok }
+    }
+
+    fn first(claimed: Claimed<&'static str>) -> Claim<&'static str> {
+        match claimed {
+            Claimed::First(claim) => claim,
+            Claimed::Repeat(_) => panic!("expected the first claim"),
+        }
+    }
+
+    fn repeat(claimed: Claimed<&'static str>) -> Repeat<&'static str> {
+        match claimed {
+            Claimed::Repeat(repeat) => repeat,
+            Claimed::First(_) => panic!("expected a repeat"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeat_waits_for_the_first_and_gets_its_answer() {
+        let keys = RecentKeys::new();
+        let claim = first(keys.claim("k", Uuid::now_v7(), b"body"));
+        let waiting = tokio::spawn(repeat(keys.claim("k", Uuid::now_v7(), b"body")).outcome());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "a repeat must not be answered before the first is");
+
+        let given = answer();
+        claim.succeed(given);
+
+        assert_eq!(waiting.await.expect("task"), Ok(Ok(Repeated::Duplicate(given))));
+    }
+
+    #[tokio::test]
+    async fn a_repeat_of_a_refused_first_gets_the_refusal_and_the_key_is_free_again() {
+        let keys = RecentKeys::new();
+        let claim = first(keys.claim("k", Uuid::now_v7(), b"body"));
+        let waiting = repeat(keys.claim("k", Uuid::now_v7(), b"body"));
+
+        claim.fail("disk full");
+
+        assert_eq!(waiting.outcome().await, Ok(Err("disk full")));
+        assert!(matches!(keys.claim("k", Uuid::now_v7(), b"body"), Claimed::First(_)));
+    }
+
+    #[tokio::test]
+    async fn a_first_that_vanishes_frees_the_key_and_says_so_to_its_repeats() {
+        let keys = RecentKeys::<&'static str>::new();
+        let claim = first(keys.claim("k", Uuid::now_v7(), b"body"));
+        let waiting = repeat(keys.claim("k", Uuid::now_v7(), b"body"));
+
+        drop(claim);
+
+        assert_eq!(waiting.outcome().await, Err(FirstVanished));
+        assert!(keys.is_empty());
+    }
+
+    #[tokio::test]
+    async fn another_body_under_the_same_key_is_a_conflict_with_the_first_id() {
+        let keys = RecentKeys::new();
+        let given = answer();
+        first(keys.claim("k", given.id, b"first body")).succeed(given);
+
+        let outcome = repeat(keys.claim("k", Uuid::now_v7(), b"corrected body")).outcome().await;
+
+        assert_eq!(outcome, Ok(Ok(Repeated::Conflict(given))));
+    }
+
+    #[test]
+    fn the_oldest_keys_are_forgotten_first_and_forgetting_is_not_confused_by_reuse() {
+        let keys = RecentKeys::<&'static str>::new();
+        let claim = first(keys.claim("reused", Uuid::now_v7(), b"x"));
+        claim.fail("refused");
+        first(keys.claim("reused", Uuid::now_v7(), b"x")).succeed(answer());
+        for number in 0..CAPACITY {
+            if let Claimed::First(claim) = keys.claim(&number.to_string(), Uuid::now_v7(), b"x") {
+                claim.succeed(answer());
+            }
+        }
+        assert_eq!(keys.len(), CAPACITY);
+        assert!(keys.first_id("reused").is_none(), "the oldest key goes first");
+        assert!(keys.first_id("0").is_some());
+        assert!(keys.first_id(&(CAPACITY - 1).to_string()).is_some());
+    }
+}
