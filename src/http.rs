@@ -77,6 +77,8 @@ pub struct AppState {
     pub verifier: Option<Verifier>,
     /// The batch triggers in force (shown in the metrics).
     pub tuning: Arc<BatchTuning>,
+    /// The migrations are applied (or not ours to apply).
+    pub schema_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Why a `POST /ticket` was not accepted.
@@ -490,6 +492,9 @@ fn refusing(state: &AppState) -> Option<String> {
     let reception = &state.reception;
     if reception.bytes() > 0 && reception.bytes() + TYPICAL_TICKET_BYTES > reception.max_bytes() {
         return Some(format!("reception budget used up: {} bytes of bodies being received", reception.bytes()));
+    }
+    if !state.schema_ready.load(std::sync::atomic::Ordering::Acquire) {
+        return Some("migrations not applied yet: the database was unreachable at start, retrying".to_string());
     }
     if state.settings.ack == AckMode::Wal {
         if state.wal.is_full() {

@@ -12,6 +12,7 @@
 //! 5. return, and the process exits 0.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,12 +52,25 @@ impl Application {
         let database_url = settings.require_database_url()?.to_string();
         let pool = PgPoolOptions::new()
             .max_connections(settings.db_pool_size)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect(&database_url)
-            .await
-            .context("connecting to PostgreSQL (database_url)")?;
+            .acquire_timeout(store::CONNECT_TIMEOUT)
+            .connect_lazy(&database_url)
+            .context("database_url")?;
+        let schema_ready = Arc::new(AtomicBool::new(!settings.migrate_on_start));
         if settings.migrate_on_start {
-            store::migrate(&pool).await.context("applying migrations")?;
+            match pool.acquire().await {
+                Ok(connection) => {
+                    drop(connection);
+                    store::migrate(&pool).await.context("applying migrations")?;
+                    schema_ready.store(true, Ordering::Release);
+                }
+                Err(error) => {
+                    // Tickets keep coming: take them (into the WAL with
+                    // ack = wal) while the writers and the migrations
+                    // retry; /readyz says why the service is not ready.
+                    tracing::warn!(message = "database unreachable at start: serving anyway, migrations and writes are retried until it answers", %error);
+                    tokio::spawn(migrate_once_reachable(pool.clone(), Arc::clone(&schema_ready)));
+                }
+            }
         }
         let metrics = Arc::new(Metrics::new());
         let admission = Admission::new(settings.queue_capacity, settings.queue_max_bytes);
@@ -101,6 +115,7 @@ impl Application {
             recent_keys,
             verifier,
             tuning,
+            schema_ready,
         });
         Ok(Application { listener, state, writers, wal_thread, recovered })
     }
@@ -199,6 +214,23 @@ impl Application {
             );
         }
         Ok(())
+    }
+}
+
+/// Applies the migrations once the database answers, retrying with backoff.
+async fn migrate_once_reachable(pool: sqlx::PgPool, schema_ready: Arc<AtomicBool>) {
+    let mut attempt: u32 = 0;
+    loop {
+        attempt = attempt.saturating_add(1);
+        tokio::time::sleep(store::backoff(attempt)).await;
+        match store::migrate(&pool).await {
+            Ok(()) => {
+                tracing::info!(message = "database reachable, migrations applied", attempts = attempt);
+                schema_ready.store(true, Ordering::Release);
+                return;
+            }
+            Err(error) => tracing::warn!(message = "migrations not applied yet, retrying", attempt, %error),
+        }
     }
 }
 

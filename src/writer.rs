@@ -36,7 +36,11 @@
 //! request that then gets `503`). Such a batch is given up at the first
 //! failure once the service is shutting down, and any attempt to write it
 //! ends `shutdown_grace_ms` after the shutdown began: the database may be
-//! down for long, and the next start replays what the log holds.
+//! down for long, and the next start replays what the log holds. Tickets
+//! held in memory alone (`ack = memory`, answered `202`) are written to the
+//! WAL once the grace period is over and given up only then, so that an
+//! orderly shutdown never loses them and never waits for the database
+//! forever (unless the WAL fails too).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -54,7 +58,7 @@ use crate::job::{Job, Stored};
 use crate::metrics::{KindLabels, Metrics, WriterLabels};
 use crate::store::{self, Failure, Written};
 use crate::ticket::{NewTicket, Problem, Status};
-use crate::wal::Wal;
+use crate::wal::{Wal, WalError, WalRecord};
 
 /// How often an idle writer checks whether the service is shutting down.
 const IDLE_POLL: Duration = Duration::from_millis(50);
@@ -283,15 +287,33 @@ impl Writer {
     }
 
     /// Writes `tickets`, retrying transient errors with backoff, until they
-    /// are committed, the data is refused, or — shutting down, on tickets
-    /// that may be abandoned — the database fails or the grace period ends.
+    /// are committed or the data is refused — or, shutting down:
+    /// - tickets that may be abandoned are given up at the first failure,
+    ///   and no attempt outlives the grace period;
+    /// - tickets held in memory alone (`ack = memory`) are written to the
+    ///   WAL once the grace period is over, and given up only if that
+    ///   succeeded: the next start writes them. If the WAL fails too, the
+    ///   database is retried for as long as it takes.
     fn write_retrying(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool) -> Result<Written, Ended> {
         let mut attempt: u32 = 0;
         loop {
-            match self.try_write(tickets, may_be_abandoned) {
+            let grace_left = self.admission.closed_for().map(|closed_for| self.grace.saturating_sub(closed_for));
+            if grace_left.is_some_and(|left| left.is_zero()) && !may_be_abandoned {
+                match self.log_for_next_start(tickets) {
+                    Ok(()) => return Err(Ended::Abandoned("grace period over, kept in the WAL".to_string())),
+                    Err(error) => {
+                        tracing::error!(message = "shutting down: tickets held in memory could not be written to the WAL either; retrying the database", tickets = tickets.len(), %error)
+                    }
+                }
+            }
+            let limit = grace_left.filter(|left| may_be_abandoned || !left.is_zero());
+            match self.try_write(tickets, limit) {
                 Ok(written) => return Ok(written),
                 Err(WriteError::Data(error)) => return Err(Ended::Data(error)),
-                Err(WriteError::GraceOver) => return Err(Ended::Abandoned("grace period over".to_string())),
+                Err(WriteError::GraceOver) if may_be_abandoned => {
+                    return Err(Ended::Abandoned("grace period over".to_string()))
+                }
+                Err(WriteError::GraceOver) => {}
                 Err(WriteError::Transient(error)) if may_be_abandoned && self.admission.is_closed() => {
                     return Err(Ended::Abandoned(error.to_string()));
                 }
@@ -301,6 +323,30 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Appends `tickets` to the WAL (one group commit for all of them), so
+    /// that the next start writes them. A ticket already there is logged
+    /// twice, harmlessly: the replay skips an id already stored.
+    fn log_for_next_start(&mut self, tickets: &[&NewTicket]) -> Result<(), WalError> {
+        let wal = &self.wal;
+        self.runtime.block_on(async {
+            let mut appends = Vec::with_capacity(tickets.len());
+            for ticket in tickets {
+                let record = WalRecord {
+                    id: ticket.id,
+                    received_at: ticket.received_at,
+                    idempotency_key: ticket.idempotency_key.clone(),
+                    raw: ticket.raw.clone(),
+                };
+                let wal = wal.clone();
+                appends.push(tokio::spawn(async move { wal.append(record, None).await }));
+            }
+            for append in appends {
+                append.await.map_err(|_| WalError::Closed)??;
+            }
+            Ok(())
+        })
     }
 
     /// Gives tickets up at shutdown: those in the WAL stay there for the
@@ -362,14 +408,9 @@ impl Writer {
         }
     }
 
-    /// One attempt, on the writer's connection (opened first if needed).
-    /// Once the service is shutting down, an attempt on tickets that may be
-    /// abandoned ends with the grace period.
-    fn try_write(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool) -> Result<Written, WriteError> {
-        let grace_left = match self.admission.closed_for() {
-            Some(closed_for) if may_be_abandoned => Some(self.grace.saturating_sub(closed_for)),
-            _ => None,
-        };
+    /// One attempt, on the writer's connection (opened first if needed),
+    /// ended with [`WriteError::GraceOver`] after `limit`.
+    fn try_write(&mut self, tickets: &[&NewTicket], limit: Option<Duration>) -> Result<Written, WriteError> {
         let runtime = &self.runtime;
         let connection = &mut self.connection;
         let database_url = &self.database_url;
@@ -383,7 +424,7 @@ impl Writer {
                 *connection = Some(open);
                 result
             };
-            match grace_left {
+            match limit {
                 // Dropping the attempt drops its connection, and with it any
                 // transaction left open.
                 Some(left) => tokio::time::timeout(left, attempt).await.unwrap_or(Err(WriteError::GraceOver)),

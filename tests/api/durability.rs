@@ -192,3 +192,30 @@ async fn a_log_larger_than_the_budget_is_replayed_in_the_background_while_health
     app.wait_for_count("tickets", 50).await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_while_the_database_is_unreachable_it_accepts_into_the_wal_says_why_it_is_not_ready_and_catches_up() {
+    let database_url = fresh_database().await;
+    let proxy = DbProxy::start(&database_url).await;
+    proxy.cut();
+    let service = ServiceProcess::start(&proxy.url(&database_url), &temp_dir("wal"), AckMode::Wal, &[]).await;
+
+    let ready = reqwest::get(format!("{}/readyz", service.address)).await.expect("readyz");
+    let ready_status = ready.status();
+    let ready_text = ready.text().await.expect("readyz text");
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcome = run_load(service.address.clone(), 5, 100, 1, stop).await;
+    proxy.restore();
+
+    assert_eq!(ready_status, 503);
+    assert!(ready_text.contains("database"), "{ready_text}");
+    assert_eq!(outcome.accepted.len(), 100, "accepted into the WAL while the database was unreachable");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while reqwest::get(format!("{}/readyz", service.address)).await.expect("readyz").status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "not ready after the database came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+    drop(service);
+}

@@ -8,7 +8,7 @@ use ticket_ingest::config::AckMode;
 
 use crate::helpers::{
     assert_every_accepted_ticket_stored_once, fresh_database, numbered_ticket, run_load, spawn_app_with, temp_dir,
-    ServiceProcess,
+    DbProxy, ServiceProcess,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,4 +61,28 @@ async fn sigterm_under_load_with_ack_commit_exits_0_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_with_ack_wal_exits_0_and_loses_nothing() {
     sigterm_under_load_loses_nothing(AckMode::Wal).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_database_down_and_ack_memory_keeps_the_acknowledged_tickets_in_the_wal_for_the_next_start() {
+    let database_url = fresh_database().await;
+    let wal_dir = temp_dir("wal");
+    let proxy = DbProxy::start(&database_url).await;
+    let grace = [("TICKET_INGEST_SHUTDOWN_GRACE_MS", "1000")];
+    let mut service = ServiceProcess::start(&proxy.url(&database_url), &wal_dir, AckMode::Memory, &grace).await;
+    proxy.cut();
+    let outcome = run_load(service.address.clone(), 5, 100, 1, Arc::new(AtomicBool::new(false))).await;
+
+    service.signal("TERM");
+    let exit_code = service.wait_exit(Duration::from_secs(15)).await;
+    let log = service.log_text();
+    proxy.restore();
+    let restarted = ServiceProcess::start(&database_url, &wal_dir, AckMode::Memory, &[]).await;
+
+    assert_eq!(exit_code, Some(0), "the shutdown is bounded although the database is down");
+    assert_eq!(outcome.accepted.len(), 100, "answered from memory");
+    assert!(log.contains("tickets=100"), "the shutdown says what it left in the WAL:\n{log}");
+    let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+    drop(restarted);
 }
