@@ -3,6 +3,10 @@
 //!
 //! Every key is documented in `config/ticket-ingest.toml`. A value of the
 //! wrong type or out of range stops the start with a message naming the key.
+//!
+//! The keys are the fields of [`Settings`], and nothing else lists them: the
+//! environment layer and the documentation test take them from
+//! `Settings::default()` serialized ([`defaults_by_key`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -130,35 +134,19 @@ impl Default for Settings {
     }
 }
 
-/// Every key, as spelled in the file; the environment is filtered to these
-/// so that unrelated `TICKET_INGEST_*` variables are not mistaken for typos.
-pub const KEYS: [&str; 25] = [
-    "listen",
-    "http_threads",
-    "database_url",
-    "db_pool_size",
-    "ack",
-    "queue_capacity",
-    "queue_max_bytes",
-    "writers",
-    "batch_max_tickets",
-    "batch_max_wait_ms",
-    "batch_max_bytes",
-    "max_body_bytes",
-    "max_headers",
-    "header_read_timeout_ms",
-    "body_read_timeout_ms",
-    "retry_after_s",
-    "wal_dir",
-    "wal_segment_bytes",
-    "wal_max_bytes",
-    "signing_secrets",
-    "signing_tolerance_s",
-    "migrate_on_start",
-    "log_format",
-    "log_level",
-    "shutdown_grace_ms",
-];
+/// Every key with its default value: `Settings::default()` serialized, so
+/// that a field added to `Settings` is a key everywhere without more ado.
+pub fn defaults_by_key() -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(Settings::default()) {
+        Ok(serde_json::Value::Object(map)) => map,
+        other => unreachable!("Settings serializes to a map of its fields, not {other:?}"),
+    }
+}
+
+/// Every key, as spelled in the file, in alphabetical order.
+pub fn keys() -> Vec<String> {
+    defaults_by_key().into_iter().map(|(key, _)| key).collect()
+}
 
 /// A configuration that cannot be used, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +175,9 @@ impl Settings {
         if std::env::var_os(format!("{ENV_PREFIX}DATABASE_URL")).is_none() {
             figment = figment.merge(Env::raw().only(&["DATABASE_URL"]));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).only(&KEYS)).merge(overrides);
+        let key_names = keys();
+        let key_refs: Vec<&str> = key_names.iter().map(String::as_str).collect();
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).only(&key_refs)).merge(overrides);
         let settings: Settings = figment.extract().map_err(|error| ConfigError::Invalid(Box::new(error)))?;
         settings.validate()?;
         Ok(settings)
@@ -291,7 +281,7 @@ mod tests {
     fn every_key_is_documented_in_the_shipped_config_file() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
         let text = std::fs::read_to_string(path).expect("shipped config readable");
-        for key in KEYS {
+        for key in keys() {
             assert!(text.contains(&format!("\n{key} =")) || text.contains(&format!("\n# {key} =")), "{key} missing");
         }
     }
@@ -315,6 +305,31 @@ mod tests {
         let overrides = Serialized::defaults(serde_json::json!({ "ack": "eventually" }));
         let error = Settings::load(Some(Path::new("/dev/null")), overrides).unwrap_err();
         assert!(error.to_string().contains("ack"), "{error}");
+    }
+
+    /// A field missing from the map (say, skipped when serialized) would be
+    /// missing here, and `Settings` would not deserialize from it; an
+    /// `Option` would, but the shipped file documents it (test below).
+    #[test]
+    fn the_keys_are_the_fields_of_settings() {
+        let from_keys: Settings =
+            serde_json::from_value(serde_json::Value::Object(defaults_by_key())).expect("every field");
+        assert_eq!(from_keys, Settings::default());
+        assert!(keys().contains(&"signing_secrets".to_string()) && keys().contains(&"database_url".to_string()));
+    }
+
+    #[test]
+    fn every_key_in_the_shipped_config_file_is_a_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
+        let text = std::fs::read_to_string(path).expect("shipped config readable");
+        let known_keys = keys();
+        for line in text.lines() {
+            let assignment = line.strip_prefix("# ").unwrap_or(line);
+            let Some((name, _)) = assignment.split_once(" = ") else { continue };
+            if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                assert!(known_keys.contains(&name.to_string()), "{name} is documented but is no field of Settings");
+            }
+        }
     }
 
     #[test]
