@@ -7,13 +7,23 @@
 //! The keys are the fields of [`Settings`], and nothing else lists them: the
 //! environment layer and the documentation test take them from
 //! `Settings::default()` serialized ([`defaults_by_key`]).
+//!
+//! # The environment layer
+//! `TICKET_INGEST_<KEY>` sets `<key>`. A value is read as figment reads
+//! environment variables (`4`, `true`, `"text"`, `[1, 2]`).
+//!
+//! A `TICKET_INGEST_*` variable that names no key is refused, as an unknown
+//! key in the file is, and with the same exit code: a typo must not leave a
+//! default in force in silence. The project's scripts read a few such
+//! variables of their own ([`SCRIPT_VARIABLES`]); those are accepted.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 /// The file read when no `--config` is given, if it exists.
@@ -21,6 +31,12 @@ pub const DEFAULT_CONFIG_FILE: &str = "config/ticket-ingest.toml";
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "TICKET_INGEST_";
+
+/// `TICKET_INGEST_*` variables that are not keys: the project's scripts read
+/// them, and the service inherits them from the scripts' environment.
+/// `TICKET_INGEST_PG_PORT`: the port of the private PostgreSQL of
+/// `scripts/pg.sh` (`scripts/run.sh`, `loadtest/`).
+pub const SCRIPT_VARIABLES: [&str; 1] = ["TICKET_INGEST_PG_PORT"];
 
 /// When a request is answered `202`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,12 +173,34 @@ pub enum ConfigError {
     Invalid(Box<figment::Error>),
     #[error("invalid value for key `{key}`: {reason}")]
     OutOfRange { key: &'static str, reason: String },
+    /// `TICKET_INGEST_*` variables that name no key, each described with
+    /// the key it probably meant.
+    #[error(
+        "unknown environment variable {}: {ENV_PREFIX}<KEY> sets one of the keys {}; besides, only {} (read by the scripts) is accepted",
+        .unknown.join(", "),
+        keys().join(", "),
+        SCRIPT_VARIABLES.join(", ")
+    )]
+    UnknownVariables { unknown: Vec<String> },
 }
 
 impl Settings {
     /// Layers the sources. `file` is `--config`; `overrides` are the flags,
     /// as a partial map of keys (absent keys are left alone).
     pub fn load(file: Option<&Path>, overrides: impl figment::Provider) -> Result<Settings, ConfigError> {
+        let environment: Vec<(String, String)> = std::env::vars_os()
+            .map(|(name, value)| (name.to_string_lossy().into_owned(), value.to_string_lossy().into_owned()))
+            .collect();
+        Settings::load_with_environment(file, &environment, overrides)
+    }
+
+    /// [`Settings::load`] with `environment`, pairs of name and value, in
+    /// place of the process's environment variables.
+    pub fn load_with_environment(
+        file: Option<&Path>,
+        environment: &[(String, String)],
+        overrides: impl figment::Provider,
+    ) -> Result<Settings, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         match file {
             Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.display().to_string())),
@@ -172,12 +210,13 @@ impl Settings {
             }
             None => {}
         }
-        if std::env::var_os(format!("{ENV_PREFIX}DATABASE_URL")).is_none() {
-            figment = figment.merge(Env::raw().only(&["DATABASE_URL"]));
+        let environment_layer = EnvironmentLayer::read(environment)?;
+        if !environment_layer.values.contains_key("database_url") {
+            if let Some((_, url)) = environment.iter().find(|(name, _)| name == "DATABASE_URL") {
+                figment = figment.merge(Serialized::default("database_url", url));
+            }
         }
-        let key_names = keys();
-        let key_refs: Vec<&str> = key_names.iter().map(String::as_str).collect();
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).only(&key_refs)).merge(overrides);
+        figment = figment.merge(environment_layer).merge(overrides);
         let settings: Settings = figment.extract().map_err(|error| ConfigError::Invalid(Box::new(error)))?;
         settings.validate()?;
         Ok(settings)
@@ -245,6 +284,102 @@ impl Settings {
     }
 }
 
+/// The `TICKET_INGEST_<KEY>` layer (module docs, The environment layer).
+struct EnvironmentLayer {
+    /// Values by key, parsed.
+    values: Dict,
+}
+
+impl EnvironmentLayer {
+    /// Takes the `TICKET_INGEST_*` variables of `environment`; refuses those
+    /// that name no key (all of them named in one error).
+    fn read(environment: &[(String, String)]) -> Result<EnvironmentLayer, ConfigError> {
+        let defaults = defaults_by_key();
+        let mut values = Dict::new();
+        let mut unknown = Vec::new();
+        for (name, text) in environment {
+            let Some(key) = key_of_variable(name) else { continue };
+            match defaults.get(&key) {
+                Some(_) => {
+                    values.insert(key, parse_value(text));
+                }
+                None if SCRIPT_VARIABLES.iter().any(|script_variable| script_variable.eq_ignore_ascii_case(name)) => {}
+                None => unknown.push(describe_unknown_variable(name, &defaults)),
+            }
+        }
+        if !unknown.is_empty() {
+            unknown.sort();
+            return Err(ConfigError::UnknownVariables { unknown });
+        }
+        Ok(EnvironmentLayer { values })
+    }
+}
+
+impl Provider for EnvironmentLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("the environment")
+            .interpolater(|_: &Profile, path: &[&str]| format!("{ENV_PREFIX}{}", path.join(".").to_ascii_uppercase()))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.values.clone()))
+    }
+}
+
+/// `TICKET_INGEST_BATCH_MAX_TICKETS` → `batch_max_tickets`; `None` for a
+/// variable without the prefix. Case is ignored, as figment's `Env` does.
+fn key_of_variable(name: &str) -> Option<String> {
+    let prefix = name.get(..ENV_PREFIX.len())?;
+    if !prefix.eq_ignore_ascii_case(ENV_PREFIX) {
+        return None;
+    }
+    Some(name[ENV_PREFIX.len()..].trim().to_ascii_lowercase())
+}
+
+/// A value as figment's `Env` parses it: `4`, `true`, `"text"`, `[1, 2]`…
+fn parse_value(text: &str) -> Value {
+    match text.parse::<Value>() {
+        Ok(value) => value,
+        Err(never) => match never {},
+    }
+}
+
+/// `TICKET_INGEST_BATCH_MAX_TICKTS (did you mean
+/// TICKET_INGEST_BATCH_MAX_TICKETS?)`: the nearest variable within three
+/// edits, if any.
+fn describe_unknown_variable(name: &str, defaults: &serde_json::Map<String, serde_json::Value>) -> String {
+    let key_variables = defaults.keys().map(|key| format!("{ENV_PREFIX}{}", key.to_ascii_uppercase()));
+    let candidates = key_variables.chain(SCRIPT_VARIABLES.iter().map(|variable| variable.to_string()));
+    let upper_name = name.to_ascii_uppercase();
+    let mut nearest: Option<(usize, String)> = None;
+    for candidate in candidates {
+        let distance = edit_distance(&upper_name, &candidate);
+        if distance <= 3 && nearest.as_ref().map_or(true, |(best, _)| distance < *best) {
+            nearest = Some((distance, candidate));
+        }
+    }
+    match nearest {
+        Some((_, candidate)) => format!("{name} (did you mean {candidate}?)"),
+        None => name.to_string(),
+    }
+}
+
+/// Levenshtein distance: insertions, deletions and substitutions of one
+/// character each count one.
+fn edit_distance(from: &str, to: &str) -> usize {
+    let to: Vec<char> = to.chars().collect();
+    let mut previous_row: Vec<usize> = (0..=to.len()).collect();
+    for (i, from_char) in from.chars().enumerate() {
+        let mut row = vec![i + 1; to.len() + 1];
+        for (j, to_char) in to.iter().enumerate() {
+            let substitution = previous_row[j] + usize::from(from_char != *to_char);
+            row[j + 1] = substitution.min(previous_row[j + 1] + 1).min(row[j] + 1);
+        }
+        previous_row = row;
+    }
+    previous_row[to.len()]
+}
+
 fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
     if value < min {
         return Err(ConfigError::OutOfRange { key, reason: format!("{value} is below the minimum {min}") });
@@ -307,6 +442,13 @@ mod tests {
         assert!(error.to_string().contains("ack"), "{error}");
     }
 
+    /// Loads with no file, no flags and exactly `variables` as the environment.
+    fn load_with(variables: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let environment: Vec<(String, String)> =
+            variables.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
+        Settings::load_with_environment(Some(Path::new("/dev/null")), &environment, no_overrides())
+    }
+
     /// A field missing from the map (say, skipped when serialized) would be
     /// missing here, and `Settings` would not deserialize from it; an
     /// `Option` would, but the shipped file documents it (test below).
@@ -328,6 +470,98 @@ mod tests {
             let Some((name, _)) = assignment.split_once(" = ") else { continue };
             if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
                 assert!(known_keys.contains(&name.to_string()), "{name} is documented but is no field of Settings");
+            }
+        }
+    }
+
+    #[test]
+    fn a_variable_sets_its_key() {
+        let settings = load_with(&[("TICKET_INGEST_WRITERS", "4"), ("TICKET_INGEST_ACK", "commit")]).expect("loads");
+        assert_eq!((settings.writers, settings.ack), (4, AckMode::Commit));
+    }
+
+    #[test]
+    fn a_misspelled_variable_is_refused_naming_it_and_the_key_meant() {
+        let error = load_with(&[("TICKET_INGEST_BATCH_MAX_TICKTS", "5")]).unwrap_err();
+
+        let message = error.to_string();
+        assert!(matches!(error, ConfigError::UnknownVariables { .. }), "{message}");
+        assert!(
+            message.contains("TICKET_INGEST_BATCH_MAX_TICKTS (did you mean TICKET_INGEST_BATCH_MAX_TICKETS?)"),
+            "{message}"
+        );
+        assert!(message.contains("batch_max_tickets, batch_max_wait_ms"), "the keys are listed: {message}");
+    }
+
+    #[test]
+    fn every_unknown_variable_is_named_with_a_suggestion_only_for_a_near_miss() {
+        let error = load_with(&[("TICKET_INGEST_WIRTERS", "4"), ("TICKET_INGEST_COLOUR", "blue")]).unwrap_err();
+
+        let message = error.to_string();
+        assert!(message.contains("TICKET_INGEST_COLOUR, TICKET_INGEST_WIRTERS (did you mean TICKET_INGEST_WRITERS?)"));
+    }
+
+    #[test]
+    fn the_scripts_variables_are_accepted_and_other_variables_ignored() {
+        let settings = load_with(&[("TICKET_INGEST_PG_PORT", "5500"), ("PGPORT", "5432"), ("TICKET_INGEST", "x")]);
+        assert_eq!(settings.expect("loads"), Settings::default());
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_variable() {
+        let error = load_with(&[("TICKET_INGEST_WRITERS", "many")]).unwrap_err();
+        assert!(error.to_string().contains("TICKET_INGEST_WRITERS"), "{error}");
+    }
+
+    #[test]
+    fn database_url_is_the_fallback_of_its_prefixed_variable() {
+        let fallback = load_with(&[("DATABASE_URL", "postgres://fallback/db")]).expect("loads");
+        let both = load_with(&[
+            ("DATABASE_URL", "postgres://fallback/db"),
+            ("TICKET_INGEST_DATABASE_URL", "postgres://own/db"),
+        ]);
+
+        assert_eq!(fallback.database_url.as_deref(), Some("postgres://fallback/db"));
+        assert_eq!(both.expect("loads").database_url.as_deref(), Some("postgres://own/db"));
+    }
+
+    /// The project's scripts, tests and docs set only keys and
+    /// `SCRIPT_VARIABLES`: the service started by them is not refused.
+    #[test]
+    fn every_variable_the_project_uses_is_a_key_or_a_script_variable() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![root.join("Makefile"), root.join("README.md")];
+        for directory in ["scripts", "loadtest", "docker", "tests", "docs", "config", ".ci"] {
+            collect_files(&root.join(directory), &mut files);
+        }
+        let defaults = defaults_by_key();
+        // Except the tests of refusals, which misspell on purpose.
+        files.retain(|file| !file.ends_with("tests/api/config.rs"));
+        for file in files {
+            let Ok(text) = std::fs::read_to_string(&file) else { continue };
+            for (offset, _) in text.match_indices(ENV_PREFIX) {
+                let rest = &text[offset + ENV_PREFIX.len()..];
+                let suffix: String =
+                    rest.chars().take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_').collect();
+                if suffix.is_empty() || suffix.ends_with('_') {
+                    continue; // `TICKET_INGEST_<KEY>`, `TICKET_INGEST_*`
+                }
+                let name = format!("{ENV_PREFIX}{suffix}");
+                let known =
+                    defaults.contains_key(&suffix.to_ascii_lowercase()) || SCRIPT_VARIABLES.contains(&name.as_str());
+                assert!(known, "{} uses {name}, neither a key nor in SCRIPT_VARIABLES", file.display());
+            }
+        }
+    }
+
+    fn collect_files(directory: &Path, files: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(directory) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                collect_files(&path, files);
+            } else {
+                files.push(path);
             }
         }
     }
