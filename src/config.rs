@@ -10,7 +10,12 @@
 //!
 //! # The environment layer
 //! `TICKET_INGEST_<KEY>` sets `<key>`. A value is read as figment reads
-//! environment variables (`4`, `true`, `"text"`, `[1, 2]`).
+//! environment variables (`4`, `true`, `"text"`, `[1, 2]`), except that a
+//! list-valued key (one whose default is a list) also takes a single item
+//! or items separated by commas, taken as text: `a`, `a,b` and `[a, b]` are
+//! lists, so that a secret store can hand over one secret as it is. An empty
+//! value is refused there (`[]` is the empty list), lest a store that failed
+//! to deliver switches a list off.
 //!
 //! A `TICKET_INGEST_*` variable that names no key is refused, as an unknown
 //! key in the file is, and with the same exit code: a typo must not leave a
@@ -182,6 +187,10 @@ pub enum ConfigError {
         SCRIPT_VARIABLES.join(", ")
     )]
     UnknownVariables { unknown: Vec<String> },
+    /// A list-valued key's variable that holds no list; its value is not
+    /// shown, as it may be a secret.
+    #[error("environment variable {variable} {reason}")]
+    NotAList { variable: String, reason: &'static str },
 }
 
 impl Settings {
@@ -300,6 +309,11 @@ impl EnvironmentLayer {
         for (name, text) in environment {
             let Some(key) = key_of_variable(name) else { continue };
             match defaults.get(&key) {
+                Some(default) if default.is_array() => {
+                    let list =
+                        list_value(text).map_err(|reason| ConfigError::NotAList { variable: name.clone(), reason })?;
+                    values.insert(key, list);
+                }
                 Some(_) => {
                     values.insert(key, parse_value(text));
                 }
@@ -342,6 +356,24 @@ fn parse_value(text: &str) -> Value {
         Ok(value) => value,
         Err(never) => match never {},
     }
+}
+
+/// The value of a list-valued key: `[a, b]` as figment parses it, else one
+/// item or items separated by commas, as text, trimmed (empty items are
+/// dropped). The error completes "environment variable X …".
+fn list_value(text: &str) -> Result<Value, &'static str> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("is empty: write [] for an empty list");
+    }
+    if text.starts_with('[') {
+        return match parse_value(text) {
+            list @ Value::Array(..) => Ok(list),
+            _ => Err("starts with `[` but is no list such as [a, b] (value not shown: it may be a secret)"),
+        };
+    }
+    let items: Vec<&str> = text.split(',').map(str::trim).filter(|item| !item.is_empty()).collect();
+    Ok(Value::from(items))
 }
 
 /// `TICKET_INGEST_BATCH_MAX_TICKTS (did you mean
@@ -442,6 +474,9 @@ mod tests {
         assert!(error.to_string().contains("ack"), "{error}");
     }
 
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const OLD_SECRET: &str = "whsec_b2xkLXNlY3JldC1rZXktZm9yLXRlc3Rz";
+
     /// Loads with no file, no flags and exactly `variables` as the environment.
     fn load_with(variables: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let environment: Vec<(String, String)> =
@@ -511,6 +546,44 @@ mod tests {
     fn a_value_of_the_wrong_type_names_its_variable() {
         let error = load_with(&[("TICKET_INGEST_WRITERS", "many")]).unwrap_err();
         assert!(error.to_string().contains("TICKET_INGEST_WRITERS"), "{error}");
+    }
+
+    #[test]
+    fn a_list_key_takes_a_single_value() {
+        let settings = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", SECRET)]).expect("loads");
+        assert_eq!(settings.signing_secrets, [SECRET]);
+    }
+
+    #[test]
+    fn a_list_key_takes_values_separated_by_commas() {
+        let settings = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", &format!("{SECRET}, {OLD_SECRET},"))]);
+        assert_eq!(settings.expect("loads").signing_secrets, [SECRET, OLD_SECRET]);
+    }
+
+    #[test]
+    fn a_list_key_takes_the_file_syntax_quoted_or_not() {
+        let bare = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", &format!("[{SECRET}, {OLD_SECRET}]"))]);
+        let quoted = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", &format!(r#"["{SECRET}","{OLD_SECRET}"]"#))]);
+        let empty = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", "[]")]);
+
+        assert_eq!(bare.expect("bare list loads").signing_secrets, [SECRET, OLD_SECRET]);
+        assert_eq!(quoted.expect("quoted list loads").signing_secrets, [SECRET, OLD_SECRET]);
+        assert_eq!(empty.expect("empty list loads").signing_secrets, Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_empty_value_for_a_list_key_is_refused() {
+        let error = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", " ")]).unwrap_err();
+        assert!(matches!(error, ConfigError::NotAList { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_broken_list_is_refused_without_showing_the_secret() {
+        let error = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", &format!("[{SECRET}"))]).unwrap_err();
+
+        let message = error.to_string();
+        assert!(message.contains("TICKET_INGEST_SIGNING_SECRETS"), "{message}");
+        assert!(!message.contains(SECRET), "{message}");
     }
 
     #[test]

@@ -34,3 +34,22 @@ fn the_scripts_port_variable_is_not_mistaken_for_a_key() {
 
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[test]
+fn a_single_signing_secret_from_the_environment_is_accepted() {
+    let output = check_config(&[("TICKET_INGEST_SIGNING_SECRETS", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]);
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(r#"signing_secrets = ["***"]"#), "{stdout}");
+}
+
+#[test]
+fn a_comma_separated_list_of_signing_secrets_is_accepted() {
+    let secrets = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,whsec_b2xkLXNlY3JldC1rZXktZm9yLXRlc3Rz";
+    let output = check_config(&[("TICKET_INGEST_SIGNING_SECRETS", secrets)]);
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains(r#"signing_secrets = ["***", "***"]"#), "{stdout}");
+}
