@@ -9,6 +9,9 @@
 # or run directly against the repository's own cluster in .data/pg
 # (port 5499, or TICKET_INGEST_PG_PORT):
 #   scripts/pg.sh start|stop|status|url
+# The service refuses TICKET_INGEST_* variables that are not config keys,
+# save those listed in SCRIPT_VARIABLES (src/config.rs): a new variable of
+# the scripts with that prefix goes there too.
 #
 # As root, PostgreSQL runs as the `postgres` user (created when missing).
 # That user cannot enter a root-only directory (root's home is mode 700), so

@@ -3,13 +3,32 @@
 //!
 //! Every key is documented in `config/ticket-ingest.toml`. A value of the
 //! wrong type or out of range stops the start with a message naming the key.
+//!
+//! The keys are the fields of [`Settings`], and nothing else lists them: the
+//! environment layer and the documentation test take them from
+//! `Settings::default()` serialized ([`defaults_by_key`]).
+//!
+//! # The environment layer
+//! `TICKET_INGEST_<KEY>` sets `<key>`. A value is read as figment reads
+//! environment variables (`4`, `true`, `"text"`, `[1, 2]`), except that a
+//! list-valued key (one whose default is a list) also takes a single item
+//! or items separated by commas, taken as text: `a`, `a,b` and `[a, b]` are
+//! lists, so that a secret store can hand over one secret as it is. An empty
+//! value is refused there (`[]` is the empty list), lest a store that failed
+//! to deliver switches a list off.
+//!
+//! A `TICKET_INGEST_*` variable that names no key is refused, as an unknown
+//! key in the file is, and with the same exit code: a typo must not leave a
+//! default in force in silence. The project's scripts read a few such
+//! variables of their own ([`SCRIPT_VARIABLES`]); those are accepted.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 /// The file read when no `--config` is given, if it exists.
@@ -17,6 +36,12 @@ pub const DEFAULT_CONFIG_FILE: &str = "config/ticket-ingest.toml";
 
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "TICKET_INGEST_";
+
+/// `TICKET_INGEST_*` variables that are not keys: the project's scripts read
+/// them, and the service inherits them from the scripts' environment.
+/// `TICKET_INGEST_PG_PORT`: the port of the private PostgreSQL of
+/// `scripts/pg.sh` (`scripts/run.sh`, `loadtest/`).
+pub const SCRIPT_VARIABLES: [&str; 1] = ["TICKET_INGEST_PG_PORT"];
 
 /// When a request is answered `202`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,40 +174,19 @@ impl Default for Settings {
     }
 }
 
-/// Every key, as spelled in the file; the environment is filtered to these
-/// so that unrelated `TICKET_INGEST_*` variables are not mistaken for typos.
-pub const KEYS: [&str; 30] = [
-    "listen",
-    "http_threads",
-    "database_url",
-    "db_pool_size",
-    "ack",
-    "queue_capacity",
-    "queue_max_bytes",
-    "writers",
-    "batch_max_tickets",
-    "batch_max_wait_ms",
-    "batch_max_bytes",
-    "max_body_bytes",
-    "max_headers",
-    "max_head_bytes",
-    "max_connections",
-    "receive_max_bytes",
-    "receive_max_bytes_per_peer",
-    "body_min_bytes_per_s",
-    "header_read_timeout_ms",
-    "body_read_timeout_ms",
-    "retry_after_s",
-    "wal_dir",
-    "wal_segment_bytes",
-    "wal_max_bytes",
-    "signing_secrets",
-    "signing_tolerance_s",
-    "migrate_on_start",
-    "log_format",
-    "log_level",
-    "shutdown_grace_ms",
-];
+/// Every key with its default value: `Settings::default()` serialized, so
+/// that a field added to `Settings` is a key everywhere without more ado.
+pub fn defaults_by_key() -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(Settings::default()) {
+        Ok(serde_json::Value::Object(map)) => map,
+        other => unreachable!("Settings serializes to a map of its fields, not {other:?}"),
+    }
+}
+
+/// Every key, as spelled in the file, in alphabetical order.
+pub fn keys() -> Vec<String> {
+    defaults_by_key().into_iter().map(|(key, _)| key).collect()
+}
 
 /// A configuration that cannot be used, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -193,12 +197,38 @@ pub enum ConfigError {
     Invalid(Box<figment::Error>),
     #[error("invalid value for key `{key}`: {reason}")]
     OutOfRange { key: &'static str, reason: String },
+    /// `TICKET_INGEST_*` variables that name no key, each described with
+    /// the key it probably meant.
+    #[error(
+        "unknown environment variable {}: {ENV_PREFIX}<KEY> sets one of the keys {}; besides, only {} (read by the scripts) is accepted",
+        .unknown.join(", "),
+        keys().join(", "),
+        SCRIPT_VARIABLES.join(", ")
+    )]
+    UnknownVariables { unknown: Vec<String> },
+    /// A list-valued key's variable that holds no list; its value is not
+    /// shown, as it may be a secret.
+    #[error("environment variable {variable} {reason}")]
+    NotAList { variable: String, reason: &'static str },
 }
 
 impl Settings {
     /// Layers the sources. `file` is `--config`; `overrides` are the flags,
     /// as a partial map of keys (absent keys are left alone).
     pub fn load(file: Option<&Path>, overrides: impl figment::Provider) -> Result<Settings, ConfigError> {
+        let environment: Vec<(String, String)> = std::env::vars_os()
+            .map(|(name, value)| (name.to_string_lossy().into_owned(), value.to_string_lossy().into_owned()))
+            .collect();
+        Settings::load_with_environment(file, &environment, overrides)
+    }
+
+    /// [`Settings::load`] with `environment`, pairs of name and value, in
+    /// place of the process's environment variables.
+    pub fn load_with_environment(
+        file: Option<&Path>,
+        environment: &[(String, String)],
+        overrides: impl figment::Provider,
+    ) -> Result<Settings, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         match file {
             Some(path) if !path.exists() => return Err(ConfigError::MissingFile(path.display().to_string())),
@@ -208,10 +238,13 @@ impl Settings {
             }
             None => {}
         }
-        if std::env::var_os(format!("{ENV_PREFIX}DATABASE_URL")).is_none() {
-            figment = figment.merge(Env::raw().only(&["DATABASE_URL"]));
+        let environment_layer = EnvironmentLayer::read(environment)?;
+        if !environment_layer.values.contains_key("database_url") {
+            if let Some((_, url)) = environment.iter().find(|(name, _)| name == "DATABASE_URL") {
+                figment = figment.merge(Serialized::default("database_url", url));
+            }
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).only(&KEYS)).merge(overrides);
+        figment = figment.merge(environment_layer).merge(overrides);
         let settings: Settings = figment.extract().map_err(|error| ConfigError::Invalid(Box::new(error)))?;
         settings.validate()?;
         Ok(settings)
@@ -287,6 +320,125 @@ impl Settings {
     }
 }
 
+/// The `TICKET_INGEST_<KEY>` layer (module docs, The environment layer).
+struct EnvironmentLayer {
+    /// Values by key, parsed.
+    values: Dict,
+}
+
+impl EnvironmentLayer {
+    /// Takes the `TICKET_INGEST_*` variables of `environment`; refuses those
+    /// that name no key (all of them named in one error).
+    fn read(environment: &[(String, String)]) -> Result<EnvironmentLayer, ConfigError> {
+        let defaults = defaults_by_key();
+        let mut values = Dict::new();
+        let mut unknown = Vec::new();
+        for (name, text) in environment {
+            let Some(key) = key_of_variable(name) else { continue };
+            match defaults.get(&key) {
+                Some(default) if default.is_array() => {
+                    let list =
+                        list_value(text).map_err(|reason| ConfigError::NotAList { variable: name.clone(), reason })?;
+                    values.insert(key, list);
+                }
+                Some(_) => {
+                    values.insert(key, parse_value(text));
+                }
+                None if SCRIPT_VARIABLES.iter().any(|script_variable| script_variable.eq_ignore_ascii_case(name)) => {}
+                None => unknown.push(describe_unknown_variable(name, &defaults)),
+            }
+        }
+        if !unknown.is_empty() {
+            unknown.sort();
+            return Err(ConfigError::UnknownVariables { unknown });
+        }
+        Ok(EnvironmentLayer { values })
+    }
+}
+
+impl Provider for EnvironmentLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("the environment")
+            .interpolater(|_: &Profile, path: &[&str]| format!("{ENV_PREFIX}{}", path.join(".").to_ascii_uppercase()))
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.values.clone()))
+    }
+}
+
+/// `TICKET_INGEST_BATCH_MAX_TICKETS` → `batch_max_tickets`; `None` for a
+/// variable without the prefix. Case is ignored, as figment's `Env` does.
+fn key_of_variable(name: &str) -> Option<String> {
+    let prefix = name.get(..ENV_PREFIX.len())?;
+    if !prefix.eq_ignore_ascii_case(ENV_PREFIX) {
+        return None;
+    }
+    Some(name[ENV_PREFIX.len()..].trim().to_ascii_lowercase())
+}
+
+/// A value as figment's `Env` parses it: `4`, `true`, `"text"`, `[1, 2]`…
+fn parse_value(text: &str) -> Value {
+    match text.parse::<Value>() {
+        Ok(value) => value,
+        Err(never) => match never {},
+    }
+}
+
+/// The value of a list-valued key: `[a, b]` as figment parses it, else one
+/// item or items separated by commas, as text, trimmed (empty items are
+/// dropped). The error completes "environment variable X …".
+fn list_value(text: &str) -> Result<Value, &'static str> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("is empty: write [] for an empty list");
+    }
+    if text.starts_with('[') {
+        return match parse_value(text) {
+            list @ Value::Array(..) => Ok(list),
+            _ => Err("starts with `[` but is no list such as [a, b] (value not shown: it may be a secret)"),
+        };
+    }
+    let items: Vec<&str> = text.split(',').map(str::trim).filter(|item| !item.is_empty()).collect();
+    Ok(Value::from(items))
+}
+
+/// `TICKET_INGEST_BATCH_MAX_TICKTS (did you mean
+/// TICKET_INGEST_BATCH_MAX_TICKETS?)`: the nearest variable within three
+/// edits, if any.
+fn describe_unknown_variable(name: &str, defaults: &serde_json::Map<String, serde_json::Value>) -> String {
+    let key_variables = defaults.keys().map(|key| format!("{ENV_PREFIX}{}", key.to_ascii_uppercase()));
+    let candidates = key_variables.chain(SCRIPT_VARIABLES.iter().map(|variable| variable.to_string()));
+    let upper_name = name.to_ascii_uppercase();
+    let mut nearest: Option<(usize, String)> = None;
+    for candidate in candidates {
+        let distance = edit_distance(&upper_name, &candidate);
+        if distance <= 3 && nearest.as_ref().map_or(true, |(best, _)| distance < *best) {
+            nearest = Some((distance, candidate));
+        }
+    }
+    match nearest {
+        Some((_, candidate)) => format!("{name} (did you mean {candidate}?)"),
+        None => name.to_string(),
+    }
+}
+
+/// Levenshtein distance: insertions, deletions and substitutions of one
+/// character each count one.
+fn edit_distance(from: &str, to: &str) -> usize {
+    let to: Vec<char> = to.chars().collect();
+    let mut previous_row: Vec<usize> = (0..=to.len()).collect();
+    for (i, from_char) in from.chars().enumerate() {
+        let mut row = vec![i + 1; to.len() + 1];
+        for (j, to_char) in to.iter().enumerate() {
+            let substitution = previous_row[j] + usize::from(from_char != *to_char);
+            row[j + 1] = substitution.min(previous_row[j + 1] + 1).min(row[j] + 1);
+        }
+        previous_row = row;
+    }
+    previous_row[to.len()]
+}
+
 fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
     if value < min {
         return Err(ConfigError::OutOfRange { key, reason: format!("{value} is below the minimum {min}") });
@@ -323,7 +475,7 @@ mod tests {
     fn every_key_is_documented_in_the_shipped_config_file() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
         let text = std::fs::read_to_string(path).expect("shipped config readable");
-        for key in KEYS {
+        for key in keys() {
             assert!(text.contains(&format!("\n{key} =")) || text.contains(&format!("\n# {key} =")), "{key} missing");
         }
     }
@@ -347,6 +499,171 @@ mod tests {
         let overrides = Serialized::defaults(serde_json::json!({ "ack": "eventually" }));
         let error = Settings::load(Some(Path::new("/dev/null")), overrides).unwrap_err();
         assert!(error.to_string().contains("ack"), "{error}");
+    }
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const OLD_SECRET: &str = "whsec_b2xkLXNlY3JldC1rZXktZm9yLXRlc3Rz";
+
+    /// Loads with no file, no flags and exactly `variables` as the environment.
+    fn load_with(variables: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let environment: Vec<(String, String)> =
+            variables.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
+        Settings::load_with_environment(Some(Path::new("/dev/null")), &environment, no_overrides())
+    }
+
+    /// A field missing from the map (say, skipped when serialized) would be
+    /// missing here, and `Settings` would not deserialize from it; an
+    /// `Option` would, but the shipped file documents it (test below).
+    #[test]
+    fn the_keys_are_the_fields_of_settings() {
+        let from_keys: Settings =
+            serde_json::from_value(serde_json::Value::Object(defaults_by_key())).expect("every field");
+        assert_eq!(from_keys, Settings::default());
+        assert!(keys().contains(&"signing_secrets".to_string()) && keys().contains(&"database_url".to_string()));
+    }
+
+    #[test]
+    fn every_key_in_the_shipped_config_file_is_a_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
+        let text = std::fs::read_to_string(path).expect("shipped config readable");
+        let known_keys = keys();
+        for line in text.lines() {
+            let assignment = line.strip_prefix("# ").unwrap_or(line);
+            let Some((name, _)) = assignment.split_once(" = ") else { continue };
+            if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                assert!(known_keys.contains(&name.to_string()), "{name} is documented but is no field of Settings");
+            }
+        }
+    }
+
+    #[test]
+    fn a_variable_sets_its_key() {
+        let settings = load_with(&[("TICKET_INGEST_WRITERS", "4"), ("TICKET_INGEST_ACK", "commit")]).expect("loads");
+        assert_eq!((settings.writers, settings.ack), (4, AckMode::Commit));
+    }
+
+    #[test]
+    fn a_misspelled_variable_is_refused_naming_it_and_the_key_meant() {
+        let error = load_with(&[("TICKET_INGEST_BATCH_MAX_TICKTS", "5")]).unwrap_err();
+
+        let message = error.to_string();
+        assert!(matches!(error, ConfigError::UnknownVariables { .. }), "{message}");
+        assert!(
+            message.contains("TICKET_INGEST_BATCH_MAX_TICKTS (did you mean TICKET_INGEST_BATCH_MAX_TICKETS?)"),
+            "{message}"
+        );
+        assert!(message.contains("batch_max_tickets, batch_max_wait_ms"), "the keys are listed: {message}");
+    }
+
+    #[test]
+    fn every_unknown_variable_is_named_with_a_suggestion_only_for_a_near_miss() {
+        let error = load_with(&[("TICKET_INGEST_WIRTERS", "4"), ("TICKET_INGEST_COLOUR", "blue")]).unwrap_err();
+
+        let message = error.to_string();
+        assert!(message.contains("TICKET_INGEST_COLOUR, TICKET_INGEST_WIRTERS (did you mean TICKET_INGEST_WRITERS?)"));
+    }
+
+    #[test]
+    fn the_scripts_variables_are_accepted_and_other_variables_ignored() {
+        let settings = load_with(&[("TICKET_INGEST_PG_PORT", "5500"), ("PGPORT", "5432"), ("TICKET_INGEST", "x")]);
+        assert_eq!(settings.expect("loads"), Settings::default());
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_variable() {
+        let error = load_with(&[("TICKET_INGEST_WRITERS", "many")]).unwrap_err();
+        assert!(error.to_string().contains("TICKET_INGEST_WRITERS"), "{error}");
+    }
+
+    #[test]
+    fn a_list_key_takes_a_single_value() {
+        let settings = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", SECRET)]).expect("loads");
+        assert_eq!(settings.signing_secrets, [SECRET]);
+    }
+
+    #[test]
+    fn a_list_key_takes_values_separated_by_commas() {
+        let settings = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", &format!("{SECRET}, {OLD_SECRET},"))]);
+        assert_eq!(settings.expect("loads").signing_secrets, [SECRET, OLD_SECRET]);
+    }
+
+    #[test]
+    fn a_list_key_takes_the_file_syntax_quoted_or_not() {
+        let bare = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", &format!("[{SECRET}, {OLD_SECRET}]"))]);
+        let quoted = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", &format!(r#"["{SECRET}","{OLD_SECRET}"]"#))]);
+        let empty = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", "[]")]);
+
+        assert_eq!(bare.expect("bare list loads").signing_secrets, [SECRET, OLD_SECRET]);
+        assert_eq!(quoted.expect("quoted list loads").signing_secrets, [SECRET, OLD_SECRET]);
+        assert_eq!(empty.expect("empty list loads").signing_secrets, Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_empty_value_for_a_list_key_is_refused() {
+        let error = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", " ")]).unwrap_err();
+        assert!(matches!(error, ConfigError::NotAList { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_broken_list_is_refused_without_showing_the_secret() {
+        let error = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", &format!("[{SECRET}"))]).unwrap_err();
+
+        let message = error.to_string();
+        assert!(message.contains("TICKET_INGEST_SIGNING_SECRETS"), "{message}");
+        assert!(!message.contains(SECRET), "{message}");
+    }
+
+    #[test]
+    fn database_url_is_the_fallback_of_its_prefixed_variable() {
+        let fallback = load_with(&[("DATABASE_URL", "postgres://fallback/db")]).expect("loads");
+        let both = load_with(&[
+            ("DATABASE_URL", "postgres://fallback/db"),
+            ("TICKET_INGEST_DATABASE_URL", "postgres://own/db"),
+        ]);
+
+        assert_eq!(fallback.database_url.as_deref(), Some("postgres://fallback/db"));
+        assert_eq!(both.expect("loads").database_url.as_deref(), Some("postgres://own/db"));
+    }
+
+    /// The project's scripts, tests and docs set only keys and
+    /// `SCRIPT_VARIABLES`: the service started by them is not refused.
+    #[test]
+    fn every_variable_the_project_uses_is_a_key_or_a_script_variable() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut files = vec![root.join("Makefile"), root.join("README.md")];
+        for directory in ["scripts", "loadtest", "docker", "tests", "docs", "config", ".ci"] {
+            collect_files(&root.join(directory), &mut files);
+        }
+        let defaults = defaults_by_key();
+        // Except the tests of refusals, which misspell on purpose.
+        files.retain(|file| !file.ends_with("tests/api/config.rs"));
+        for file in files {
+            let Ok(text) = std::fs::read_to_string(&file) else { continue };
+            for (offset, _) in text.match_indices(ENV_PREFIX) {
+                let rest = &text[offset + ENV_PREFIX.len()..];
+                let suffix: String =
+                    rest.chars().take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_').collect();
+                if suffix.is_empty() || suffix.ends_with('_') {
+                    continue; // `TICKET_INGEST_<KEY>`, `TICKET_INGEST_*`
+                }
+                let name = format!("{ENV_PREFIX}{suffix}");
+                let known =
+                    defaults.contains_key(&suffix.to_ascii_lowercase()) || SCRIPT_VARIABLES.contains(&name.as_str());
+                assert!(known, "{} uses {name}, neither a key nor in SCRIPT_VARIABLES", file.display());
+            }
+        }
+    }
+
+    fn collect_files(directory: &Path, files: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(directory) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                collect_files(&path, files);
+            } else {
+                files.push(path);
+            }
+        }
     }
 
     #[test]

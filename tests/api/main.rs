@@ -2,6 +2,7 @@
 
 mod admission;
 mod batches;
+mod config;
 mod contract;
 mod disk;
 mod durability;
