@@ -193,6 +193,9 @@ pub struct Receiving {
     reception: Arc<Reception>,
     peer: IpAddr,
     bytes: usize,
+    /// What of `bytes` is counted under the peer (all of it once the body
+    /// lingers, else nothing).
+    peer_bytes: usize,
 }
 
 impl Reception {
@@ -203,7 +206,7 @@ impl Reception {
 
     /// Starts receiving a body from `peer`, holding nothing yet.
     pub fn start(self: &Arc<Self>, peer: IpAddr) -> Receiving {
-        Receiving { reception: Arc::clone(self), peer, bytes: 0 }
+        Receiving { reception: Arc::clone(self), peer, bytes: 0, peer_bytes: 0 }
     }
 
     /// Bytes held by bodies being received.
@@ -230,45 +233,54 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Receiving {
-    /// Makes this body hold `bytes` (what its buffer takes now). Growing
-    /// fails when the budget, or this peer's share of it, would run over —
-    /// unless nothing else is being received, so that one body up to
-    /// `max_body_bytes` always gets through.
-    pub fn hold(&mut self, bytes: usize) -> Result<(), Refusal> {
+    /// Makes this body hold `bytes` (what its buffer takes now). `lingering`:
+    /// more of the body is still to come. Growing fails when the budget
+    /// would run over — unless nothing else is being received, so that one
+    /// body up to `max_body_bytes` always gets through — or, for a body
+    /// that lingers, when its peer's share would: a body read whole at once
+    /// is held for microseconds and never counted per peer, which keeps the
+    /// peer map (and its lock) off the path of fast clients.
+    pub fn hold(&mut self, bytes: usize, lingering: bool) -> Result<(), Refusal> {
         let reception = &*self.reception;
-        if bytes <= self.bytes {
-            let freed = self.bytes - bytes;
-            reception.bytes.fetch_sub(freed, Ordering::AcqRel);
-            if let Some(mut peers) = reception.lock_peers() {
-                release_peer(&mut peers, self.peer, freed);
-            }
-            self.bytes = bytes;
-            return Ok(());
-        }
-        let growth = bytes - self.bytes;
-        let mut peers = reception.lock_peers();
+        let peer_bytes = if lingering || self.peer_bytes > 0 { bytes } else { 0 };
+        let mut peers = if peer_bytes != self.peer_bytes { reception.lock_peers() } else { None };
         if let Some(peers) = peers.as_mut() {
             let held = peers.get(&self.peer).copied().unwrap_or(0);
-            if held > self.bytes && held + growth > reception.max_bytes_per_peer {
+            let others = held.saturating_sub(self.peer_bytes);
+            if peer_bytes > self.peer_bytes && others > 0 && others + peer_bytes > reception.max_bytes_per_peer {
                 return Err(Refusal::Exhausted);
             }
         }
-        let mut current = reception.bytes.load(Ordering::Relaxed);
-        loop {
-            let alone = current == self.bytes;
-            if !alone && current + growth > reception.max_bytes {
-                return Err(Refusal::Exhausted);
+        if bytes <= self.bytes {
+            reception.bytes.fetch_sub(self.bytes - bytes, Ordering::AcqRel);
+        } else {
+            let growth = bytes - self.bytes;
+            let mut current = reception.bytes.load(Ordering::Relaxed);
+            loop {
+                let alone = current == self.bytes;
+                if !alone && current + growth > reception.max_bytes {
+                    return Err(Refusal::Exhausted);
+                }
+                match reception.bytes.compare_exchange_weak(
+                    current,
+                    current + growth,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => break,
+                    Err(actual) => current = actual,
+                }
             }
-            match reception.bytes.compare_exchange_weak(current, current + growth, Ordering::AcqRel, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(actual) => current = actual,
-            }
-        }
-        if let Some(peers) = peers.as_mut() {
-            *peers.entry(self.peer).or_insert(0) += growth;
         }
         self.bytes = bytes;
+        if let Some(peers) = peers.as_mut() {
+            let held = peers.entry(self.peer).or_insert(0);
+            *held = (*held + peer_bytes).saturating_sub(self.peer_bytes);
+            if *held == 0 {
+                peers.remove(&self.peer);
+            }
+            self.peer_bytes = peer_bytes;
+        }
         Ok(())
     }
 
@@ -278,21 +290,9 @@ impl Receiving {
     }
 }
 
-fn release_peer(peers: &mut HashMap<IpAddr, usize>, peer: IpAddr, bytes: usize) {
-    if bytes == 0 {
-        return;
-    }
-    if let Some(held) = peers.get_mut(&peer) {
-        *held = held.saturating_sub(bytes);
-        if *held == 0 {
-            peers.remove(&peer);
-        }
-    }
-}
-
 impl Drop for Receiving {
     fn drop(&mut self) {
-        let _ = self.hold(0);
+        let _ = self.hold(0, false);
     }
 }
 
@@ -356,12 +356,12 @@ mod tests {
     fn received_bytes_are_held_as_they_arrive_and_given_back_on_drop() {
         let reception = Reception::new(100, 100);
         let mut first = reception.start(peer(1));
-        first.hold(60).expect("fits");
+        first.hold(60, true).expect("fits");
         let mut second = reception.start(peer(1));
-        assert_eq!(second.hold(50), Err(Refusal::Exhausted));
-        second.hold(40).expect("fits exactly");
+        assert_eq!(second.hold(50, true), Err(Refusal::Exhausted));
+        second.hold(40, true).expect("fits exactly");
         drop(first);
-        second.hold(100).expect("room again");
+        second.hold(100, true).expect("room again");
         drop(second);
         assert_eq!(reception.bytes(), 0);
     }
@@ -372,24 +372,24 @@ mod tests {
         let mut greedy: Vec<Receiving> = Vec::new();
         for _ in 0..3 {
             let mut receiving = reception.start(peer(1));
-            receiving.hold(100).expect("within the share");
+            receiving.hold(100, true).expect("within the share");
             greedy.push(receiving);
         }
         let mut one_more = reception.start(peer(1));
-        assert_eq!(one_more.hold(100), Err(Refusal::Exhausted), "the peer's share is used up");
+        assert_eq!(one_more.hold(100, true), Err(Refusal::Exhausted), "the peer's share is used up");
         let mut other = reception.start(peer(2));
-        other.hold(300).expect("another peer is not refused");
+        other.hold(300, true).expect("another peer is not refused");
         drop(greedy);
         assert_eq!(reception.peers(), 1);
-        one_more.hold(100).expect("the share is back");
+        one_more.hold(100, true).expect("the share is back");
     }
 
     #[test]
     fn a_body_alone_gets_through_even_beyond_the_budget() {
         let reception = Reception::new(100, 50);
         let mut big = reception.start(peer(1));
-        big.hold(500).expect("alone, so admitted");
+        big.hold(500, true).expect("alone, so admitted");
         let mut other = reception.start(peer(2));
-        assert_eq!(other.hold(1), Err(Refusal::Exhausted));
+        assert_eq!(other.hold(1, true), Err(Refusal::Exhausted));
     }
 }

@@ -408,7 +408,8 @@ async fn read_body(
             return Err(Refused::TooLarge);
         }
         received.reserve(data.len());
-        receiving.hold(received.capacity()).map_err(|_| Refused::ReceptionExhausted)?;
+        let lingering = !hyper::body::Body::is_end_stream(&body);
+        receiving.hold(received.capacity(), lingering).map_err(|_| Refused::ReceptionExhausted)?;
         received.extend_from_slice(&data);
     }
     if gzip {
