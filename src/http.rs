@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderMap, HeaderValue, ACCEPT, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER,
+    TRANSFER_ENCODING,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
@@ -75,6 +76,7 @@ enum Refused {
     BodyTimeout,
     BadBody(String),
     UnsupportedEncoding,
+    UnsupportedTransferCoding,
     BadIdempotencyKey(&'static str),
     BadSignature(SignatureError),
     BudgetExhausted,
@@ -101,6 +103,7 @@ impl Refused {
             Refused::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refused::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Refused::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refused::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Refused::BudgetExhausted | Refused::WalFull | Refused::WalFailed | Refused::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -114,6 +117,10 @@ impl Refused {
             Refused::BodyTimeout => format!("body not received within {} ms", settings.body_read_timeout_ms),
             Refused::BadBody(reason) => reason.clone(),
             Refused::UnsupportedEncoding => "Content-Encoding must be gzip or identity".to_string(),
+            Refused::UnsupportedTransferCoding => {
+                "Transfer-Encoding other than chunked is not implemented (gzip the body with Content-Encoding: gzip)"
+                    .to_string()
+            }
             Refused::BadIdempotencyKey(reason) => format!("invalid idempotency key: {reason}"),
             Refused::BadSignature(reason) => format!("webhook signature refused: {reason}"),
             Refused::BudgetExhausted => "too many tickets (or bytes of tickets) in flight, retry later".to_string(),
@@ -273,6 +280,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refused> {
 /// Reads the whole body within the time and size limits, gunzipping it
 /// when `Content-Encoding: gzip` says so.
 async fn read_body(settings: &Settings, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Refused> {
+    only_chunked_transfer_coding(headers)?;
     let gzip = match headers.get(CONTENT_ENCODING).map(|value| value.as_bytes().trim_ascii()) {
         None => false,
         Some(encoding) if encoding.eq_ignore_ascii_case(b"identity") => false,
@@ -302,6 +310,27 @@ async fn read_body(settings: &Settings, headers: &HeaderMap, body: Incoming) -> 
     // whole read buffer (8 KiB or more) alive for as long as the ticket waits
     // for the writers, where the admission budget counts the body's length.
     Ok(Bytes::copy_from_slice(&bytes))
+}
+
+/// hyper decodes `chunked` and refuses (400) a `Transfer-Encoding` that
+/// does not end with it, but hands over the body of `gzip, chunked` still
+/// gzipped: any coding besides one `chunked` is refused here, 501 as
+/// RFC 9112 §6.1 says for a coding the server does not understand.
+fn only_chunked_transfer_coding(headers: &HeaderMap) -> Result<(), Refused> {
+    let mut chunked = 0;
+    for value in headers.get_all(TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|byte| *byte == b',').map(<[u8]>::trim_ascii) {
+            if coding.eq_ignore_ascii_case(b"chunked") {
+                chunked += 1;
+            } else if !coding.is_empty() {
+                return Err(Refused::UnsupportedTransferCoding);
+            }
+        }
+    }
+    if chunked > 1 {
+        return Err(Refused::BadBody("chunked transfer coding applied more than once".to_string()));
+    }
+    Ok(())
 }
 
 /// Inflates at most `max + 1` bytes, so a gzip bomb is refused, not inflated.
