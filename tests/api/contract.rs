@@ -134,6 +134,20 @@ async fn chunked_alone_is_accepted_and_chunked_twice_is_a_400() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_long_request_target_is_a_431_from_hyper_without_a_body() {
+    let app = spawn_app().await;
+    let request = format!(
+        "POST /ticket?{} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        "a".repeat(1024 * 1024)
+    );
+
+    let answer = raw_request(&app.address, request.as_bytes()).await;
+
+    assert_eq!(answer.status, 431, "{}", answer.head);
+    assert!(answer.body.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_answers_pong() {
     let app = spawn_app().await;
 
