@@ -10,6 +10,7 @@ mod openapi;
 mod reload;
 mod reprocess;
 mod scale;
+mod schemathesis;
 mod shutdown;
 mod signatures;
 mod storage;
