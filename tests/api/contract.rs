@@ -148,6 +148,22 @@ async fn an_over_long_request_target_is_a_431_from_hyper_without_a_body() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_load_commands_scripts_ticket_txt_is_the_loadtest_sample_and_is_accepted_ok() {
+    // `hey -m POST -D scripts/ticket.txt http://localhost:9098/ticket`
+    let app = spawn_app().await;
+    let old = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ticket.txt")).expect("scripts/ticket.txt");
+    let sample =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/loadtest/ticket.txt")).expect("loadtest/ticket.txt");
+
+    let response = app.post_ticket(old.clone()).await;
+
+    assert_eq!(old, sample, "scripts/ticket.txt must stay the loadtest sample");
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.expect("json body");
+    assert_eq!(body["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_answers_pong() {
     let app = spawn_app().await;
 
