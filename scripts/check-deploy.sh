@@ -18,6 +18,8 @@
 #     volumes, depends_on), which docker-compose 1.x config does not do
 #   - haproxy -c on docker/haproxy/haproxy.cfg (service names mapped to
 #     loopback)
+#   - scripts/ticket.txt, read by the old service's load command, is a link
+#     to loadtest/ticket.txt
 #   - with a URL: GET it with `Accept: text/plain` (the Prometheus text
 #     format) and pipe it through `promtool check metrics` (lint included:
 #     any finding fails); then every ticket_ingest_* name used by the alerts
@@ -280,6 +282,16 @@ for file in docker/compose*.yml; do
         missing "$file" "docker-compose and python3 yaml" "docker-compose (or python3-yaml)"
     fi
 done
+
+# --- the old load command's sample ----------------------------------------
+# `hey -m POST -D scripts/ticket.txt URL`, as the old service documented it,
+# reads scripts/ticket.txt: a symbolic link to the loadtest sample, so that
+# the two cannot drift apart.
+old_sample() {
+    [ -L scripts/ticket.txt ] && [ "$(readlink scripts/ticket.txt)" = ../loadtest/ticket.txt ] \
+        && cmp scripts/ticket.txt loadtest/ticket.txt
+}
+check "scripts/ticket.txt (the old hey command's sample) links to loadtest/ticket.txt" old_sample
 
 # --- HAProxy -------------------------------------------------------------
 haproxy_check() {

@@ -7,6 +7,9 @@
 # (scripts/check-deploy.sh, which also installs promtool and haproxy used by
 # some tests), cargo fmt --check, cargo clippy --all-targets -D warnings,
 # cargo test --all-targets. The cluster is stopped and deleted on exit.
+# tests/api/schemathesis.rs runs schemathesis (PyPI), at the version it
+# names: installed when missing and run as root, into a virtualenv of its
+# own under ~/.cache/ticket-ingest, and exported as SCHEMATHESIS.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -53,6 +56,32 @@ for attempt in 1 2 3 4 5; do
 done
 export TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 echo "TEST_DATABASE_URL=$TEST_DATABASE_URL"
+
+# schemathesis at the version tests/api/schemathesis.rs pins (its flags
+# changed between versions), unless SCHEMATHESIS names one already.
+schemathesis_version="$(sed -n 's/^const VERSION: &str = "\(.*\)";$/\1/p' tests/api/schemathesis.rs)"
+schemathesis_venv="${XDG_CACHE_HOME:-$HOME/.cache}/ticket-ingest/schemathesis-$schemathesis_version"
+if [ -n "${SCHEMATHESIS:-}" ]; then
+    :
+elif [ -x "$schemathesis_venv/bin/schemathesis" ]; then
+    export SCHEMATHESIS="$schemathesis_venv/bin/schemathesis"
+elif [ "$(schemathesis --version 2>/dev/null || true)" = "schemathesis, version $schemathesis_version" ]; then
+    export SCHEMATHESIS=schemathesis
+elif [ "$(id -u)" -eq 0 ]; then
+    step "installing schemathesis==$schemathesis_version (PyPI) into $schemathesis_venv"
+    if ! python3 -m venv "$schemathesis_venv" 2>/dev/null; then
+        # Debian's python3 needs python3-venv (ensurepip) for that.
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        rm -rf "$schemathesis_venv"
+        python3 -m venv "$schemathesis_venv"
+    fi
+    "$schemathesis_venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$schemathesis_version"
+    export SCHEMATHESIS="$schemathesis_venv/bin/schemathesis"
+else
+    echo "schemathesis $schemathesis_version is missing (tests/api/schemathesis.rs will fail): as root, rerun;" \
+        "or python3 -m venv DIR && DIR/bin/pip install schemathesis==$schemathesis_version, then SCHEMATHESIS=DIR/bin/schemathesis" >&2
+fi
 
 step "deployment files: scripts/check-deploy.sh"
 scripts/check-deploy.sh

@@ -219,7 +219,7 @@ async fn ingest(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> H
 async fn accept(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> Result<HttpResponse, Refused> {
     let (parts, body) = request.into_parts();
     let idempotency_key = idempotency_key(&parts.headers)?;
-    refuse_transfer_codings(&parts.headers)?;
+    only_chunked_transfer_coding(&parts.headers)?;
     // Not worth receiving a body that would be refused: check, don't reserve.
     if !state.admission.has_room_for(TICKET_BYTES) {
         return Err(refused_by_budget(if state.admission.is_closed() { Refusal::Closed } else { Refusal::Exhausted }));
@@ -350,21 +350,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Refused> {
     Ok(Some(key.to_string()))
 }
 
-/// `Transfer-Encoding` codings other than `chunked` (which hyper decodes)
-/// are not implemented (RFC 9112 §6.1: answer `501`), rather than stored
-/// still encoded.
-fn refuse_transfer_codings(headers: &HeaderMap) -> Result<(), Refused> {
-    for value in headers.get_all(TRANSFER_ENCODING) {
-        let codings = value.to_str().map_err(|_| Refused::UnsupportedTransferCoding)?;
-        for coding in codings.split(',').map(str::trim).filter(|coding| !coding.is_empty()) {
-            if !coding.eq_ignore_ascii_case("chunked") {
-                return Err(Refused::UnsupportedTransferCoding);
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Reads the whole body, gunzipping it when `Content-Encoding: gzip` says
 /// so. Every byte received is held in the reception budget as it arrives;
 /// the body must arrive within `body_read_timeout_ms`, and once
@@ -418,6 +403,27 @@ async fn read_body(
     // What is kept is the body's length, not what the buffer grew to.
     received.shrink_to_fit();
     Ok(Bytes::from(received))
+}
+
+/// hyper decodes `chunked` and refuses (400) a `Transfer-Encoding` that
+/// does not end with it, but hands over the body of `gzip, chunked` still
+/// gzipped: any coding besides one `chunked` is refused here, 501 as
+/// RFC 9112 §6.1 says for a coding the server does not understand.
+fn only_chunked_transfer_coding(headers: &HeaderMap) -> Result<(), Refused> {
+    let mut chunked = 0;
+    for value in headers.get_all(TRANSFER_ENCODING) {
+        for coding in value.as_bytes().split(|byte| *byte == b',').map(<[u8]>::trim_ascii) {
+            if coding.eq_ignore_ascii_case(b"chunked") {
+                chunked += 1;
+            } else if !coding.is_empty() {
+                return Err(Refused::UnsupportedTransferCoding);
+            }
+        }
+    }
+    if chunked > 1 {
+        return Err(Refused::BadBody("chunked transfer coding applied more than once".to_string()));
+    }
+    Ok(())
 }
 
 /// Inflates at most `max + 1` bytes, so a gzip bomb is refused, not inflated.

@@ -5,7 +5,7 @@ use std::io::Write;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use crate::helpers::{spawn_app, spawn_app_with, SAMPLE_TICKET};
+use crate::helpers::{raw_request, spawn_app, spawn_app_with, SAMPLE_TICKET};
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
@@ -83,6 +83,84 @@ async fn an_unsupported_content_encoding_is_a_415() {
     let response = app.post_ticket_with_header(SAMPLE_TICKET, "Content-Encoding", "br").await;
 
     assert_eq!(response.status(), 415);
+}
+
+/// `POST /ticket` with `body` in one chunk under the given
+/// `Transfer-Encoding` header line(s).
+fn chunked_post(transfer_encoding: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST /ticket HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{transfer_encoding}\r\n{:x}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_coding_other_than_chunked_is_a_501_with_a_json_error_and_stores_nothing() {
+    let app = spawn_app().await;
+    let compressed = gzip(SAMPLE_TICKET.as_bytes());
+
+    let listed = raw_request(&app.address, &chunked_post("Transfer-Encoding: gzip, chunked\r\n", &compressed)).await;
+    let repeated = raw_request(
+        &app.address,
+        &chunked_post("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", &compressed),
+    )
+    .await;
+
+    for answer in [&listed, &repeated] {
+        assert_eq!(answer.status, 501, "{}", answer.head);
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).expect("json body");
+        assert!(body["error"].as_str().is_some_and(|message| message.contains("Transfer-Encoding")), "{body}");
+    }
+    assert_eq!(app.count("tickets").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_alone_is_accepted_and_chunked_twice_is_a_400() {
+    let app = spawn_app().await;
+
+    let chunked =
+        raw_request(&app.address, &chunked_post("Transfer-Encoding: chunked\r\n", SAMPLE_TICKET.as_bytes())).await;
+    let twice =
+        raw_request(&app.address, &chunked_post("Transfer-Encoding: chunked, chunked\r\n", SAMPLE_TICKET.as_bytes()))
+            .await;
+
+    assert_eq!(chunked.status, 202, "{}", chunked.head);
+    assert_eq!(twice.status, 400, "{}", twice.head);
+    app.wait_for_count("tickets", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_over_long_request_target_is_a_431_from_hyper_without_a_body() {
+    let app = spawn_app().await;
+    let request = format!(
+        "POST /ticket?{} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        "a".repeat(1024 * 1024)
+    );
+
+    let answer = raw_request(&app.address, request.as_bytes()).await;
+
+    assert_eq!(answer.status, 431, "{}", answer.head);
+    assert!(answer.body.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_load_commands_scripts_ticket_txt_is_the_loadtest_sample_and_is_accepted_ok() {
+    // `hey -m POST -D scripts/ticket.txt http://localhost:9098/ticket`
+    let app = spawn_app().await;
+    let old = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ticket.txt")).expect("scripts/ticket.txt");
+    let sample =
+        std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/loadtest/ticket.txt")).expect("loadtest/ticket.txt");
+
+    let response = app.post_ticket(old.clone()).await;
+
+    assert_eq!(old, sample, "scripts/ticket.txt must stay the loadtest sample");
+    assert_eq!(response.status(), 202);
+    let body: serde_json::Value = response.json().await.expect("json body");
+    assert_eq!(body["status"], "ok");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

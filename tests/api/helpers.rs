@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, PgConnection, PgPool};
 use ticket_ingest::config::{AckMode, Settings};
 use ticket_ingest::startup::Application;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -160,6 +161,46 @@ impl TicketsLocked {
     pub async fn release(mut self) {
         sqlx::Executor::execute(&mut self.connection, "ROLLBACK").await.expect("unlock tickets");
     }
+}
+
+/// An answer read off the wire.
+pub struct RawAnswer {
+    pub status: u16,
+    /// The status line and the header fields, as sent.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+/// Writes `request` as is on a fresh connection, for the requests a client
+/// library will not send (odd framing, a malformed head), and reads until
+/// the service closes the connection (the request should say
+/// `Connection: close`) or 5 s pass. An error while reading (a reset after
+/// a refusal) ends the answer where it is.
+pub async fn raw_request(address: &str, request: &[u8]) -> RawAnswer {
+    let host = address.trim_start_matches("http://");
+    let stream = TcpStream::connect(host).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    // Written while the answer is read: the service may answer and close
+    // before it has read a large request whole.
+    let request = request.to_vec();
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(&request).await;
+        writer
+    });
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, reader.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(read)) => answer.extend_from_slice(&chunk[..read]),
+        }
+    }
+    writing.abort();
+    let split = answer.windows(4).position(|window| window == b"\r\n\r\n").map_or(answer.len(), |at| at + 4);
+    let head = String::from_utf8_lossy(&answer[..split]).to_string();
+    let status = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    RawAnswer { status, head, body: answer[split..].to_vec() }
 }
 
 pub async fn count(db: &PgPool, table: &str) -> i64 {

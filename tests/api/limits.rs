@@ -91,20 +91,6 @@ async fn one_address_stalling_large_bodies_cannot_take_the_reception_budget_from
     assert!(refused >= 15, "the stalling address holds at most its share: {refused} of 20 refused");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_transfer_coding_other_than_chunked_is_answered_501_and_nothing_is_stored() {
-    let app = spawn_app_with(|_| {}).await;
-    let host = app.address.trim_start_matches("http://").to_string();
-    let mut stream = TcpStream::connect(&host).await.expect("connect");
-    let head = format!("POST /ticket HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
-    stream.write_all(head.as_bytes()).await.expect("head");
-    stream.write_all(b"5\r\nhello\r\n0\r\n\r\n").await.expect("body");
-
-    assert_eq!(status_of(&mut stream, Duration::from_secs(5)).await, Some(501));
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(app.count("tickets").await, 0);
-}
-
 /// Resident memory of a process, in bytes.
 fn rss_of(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");

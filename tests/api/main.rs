@@ -13,6 +13,7 @@ mod openapi;
 mod reload;
 mod reprocess;
 mod scale;
+mod schemathesis;
 mod shutdown;
 mod signatures;
 mod storage;

@@ -1,5 +1,7 @@
 //! `openapi.yaml` stays true: every documented (path, method, status) is
-//! produced by a real request here, and nothing undocumented is exercised.
+//! produced by a real request here, and nothing undocumented is exercised;
+//! every documented path answers a method it does not list with 405 and an
+//! `Allow` header naming the documented ones.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -7,7 +9,7 @@ use std::io::{Read, Write};
 use sqlx::Connection;
 use ticket_ingest::config::AckMode;
 
-use crate::helpers::{spawn_app_with, test_database_url, SAMPLE_TICKET};
+use crate::helpers::{raw_request, spawn_app_with, test_database_url, SAMPLE_TICKET};
 
 /// `(path, method, status)` triples documented under `paths:`.
 fn documented_responses() -> BTreeSet<(String, String, u16)> {
@@ -26,7 +28,9 @@ fn documented_responses() -> BTreeSet<(String, String, u16)> {
             }
             6 if in_paths => in_responses = trimmed == "responses:",
             8 if in_paths && in_responses => {
-                if let Ok(code) = trimmed.trim_end_matches(':').trim_matches('\'').parse::<u16>() {
+                // `'404':` or `'431': { $ref: ... }`
+                let key = trimmed.split(':').next().unwrap_or_default();
+                if let Ok(code) = key.trim_matches('\'').parse::<u16>() {
                     found.insert((path.clone(), method.clone(), code));
                 }
             }
@@ -38,6 +42,15 @@ fn documented_responses() -> BTreeSet<(String, String, u16)> {
 
 fn triple(path: &str, method: &str, code: u16) -> (String, String, u16) {
     (path.to_string(), method.to_string(), code)
+}
+
+/// A request target for a documented path.
+fn target(path: &str) -> &str {
+    if path == "/{other}" {
+        "/anything-else"
+    } else {
+        path
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,21 +70,27 @@ async fn every_response_documented_in_openapi_yaml_is_what_the_service_answers()
         (triple("/ticket", "post", 400), post(Vec::new()).send().await.expect("sent").status().as_u16()),
         (triple("/ticket", "post", 413), post(vec![b'a'; 2048]).send().await.expect("sent").status().as_u16()),
         (
+            triple("/ticket", "post", 400),
+            post(b"not gzip".to_vec()).header("Content-Encoding", "gzip").send().await.expect("sent").status().as_u16(),
+        ),
+        (
             triple("/ticket", "post", 415),
             post(SAMPLE_TICKET.into()).header("Content-Encoding", "br").send().await.expect("sent").status().as_u16(),
         ),
-        (triple("/ticket", "get", 405), app.get("/ticket").await.status().as_u16()),
+        (triple("/ticket", "post", 501), gzip_transfer_coding_status(&app.address).await),
         (triple("/ping", "get", 200), app.get("/ping").await.status().as_u16()),
         (triple("/healthz", "get", 200), app.get("/healthz").await.status().as_u16()),
         (triple("/readyz", "get", 200), app.get("/readyz").await.status().as_u16()),
         (triple("/metrics", "get", 200), app.get("/metrics").await.status().as_u16()),
         (triple("/{other}", "get", 404), app.get("/anything-else").await.status().as_u16()),
         (triple("/ticket", "post", 408), slow_body_status(&app.address)),
+        (triple("/ticket", "post", 409), key_conflict_status(&app).await),
     ];
     for (key, status) in checks {
         assert_eq!(status, key.2, "{key:?}");
         exercised.insert(key);
     }
+    exercised.extend(refusals_by_hyper(&app.address, &documented).await);
 
     let signed = spawn_app_with(|settings| {
         settings.signing_secrets = vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string()];
@@ -86,6 +105,76 @@ async fn every_response_documented_in_openapi_yaml_is_what_the_service_answers()
     exercised.insert(triple("/readyz", "get", 503));
 
     assert_eq!(exercised, documented, "openapi.yaml and the service disagree");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_not_documented_for_a_path_is_a_405_allowing_the_documented_ones() {
+    let app = spawn_app_with(|_| {}).await;
+    let mut methods: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (path, method, _) in documented_responses() {
+        methods.entry(path).or_default().push(method.to_uppercase());
+    }
+
+    for (path, mut listed) in methods {
+        if path == "/{other}" {
+            continue; // no such route: 404 whatever the method
+        }
+        listed.dedup();
+        if listed == ["GET"] {
+            listed.push("HEAD".to_string());
+        }
+        for method in ["DELETE", "PUT", "PATCH", "OPTIONS", "GET", "POST"] {
+            if listed.iter().any(|allowed| allowed == method) {
+                continue;
+            }
+            let request = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let response = app.client.request(request, format!("{}{path}", app.address)).send().await.expect("sent");
+            assert_eq!(response.status(), 405, "{method} {path}");
+            assert_eq!(response.headers()["allow"], listed.join(", ").as_str(), "{method} {path}");
+        }
+    }
+}
+
+/// `Transfer-Encoding: gzip, chunked`, which hyper passes on still gzipped.
+async fn gzip_transfer_coding_status(address: &str) -> u16 {
+    let request = "POST /ticket HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+                   Transfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    raw_request(address, request.as_bytes()).await.status
+}
+
+/// The answers hyper writes itself, without a body: 400 for a malformed
+/// head (a control character, a bad Content-Length), 431 for too many
+/// header fields, on every documented operation.
+async fn refusals_by_hyper(
+    address: &str,
+    documented: &BTreeSet<(String, String, u16)>,
+) -> BTreeSet<(String, String, u16)> {
+    let operations: BTreeSet<(String, String)> =
+        documented.iter().map(|(path, method, _)| (path.clone(), method.clone())).collect();
+    let mut exercised = BTreeSet::new();
+    for (path, method) in operations {
+        let line =
+            format!("{} {} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n", method.to_uppercase(), target(&path));
+        let control_character = format!("{line}X-Note: a\x01b\r\nContent-Length: 0\r\n\r\n");
+        let bad_length = format!("{line}Content-Length: 1x\r\n\r\n");
+        let many_headers = format!("{line}{}Content-Length: 0\r\n\r\n", "X-Filler: 1\r\n".repeat(100));
+        for (request, code) in [(control_character, 400), (bad_length, 400), (many_headers, 431)] {
+            let answer = raw_request(address, request.as_bytes()).await;
+            assert_eq!(answer.status, code, "{method} {path}: {}", answer.head);
+            assert!(answer.body.is_empty(), "{method} {path} {code} has a body");
+            assert!(!answer.head.to_ascii_lowercase().contains("content-type"), "{}", answer.head);
+            exercised.insert(triple(&path, &method, code));
+        }
+    }
+    exercised
+}
+
+/// The same idempotency key with another body: 409.
+async fn key_conflict_status(app: &crate::helpers::TestApp) -> u16 {
+    let first = app.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "openapi-409").await;
+    assert_eq!(first.status(), 202);
+    let other = SAMPLE_TICKET.replace("123456", "654321");
+    app.post_ticket_with_header(other, "Idempotency-Key", "openapi-409").await.status().as_u16()
 }
 
 /// Sends half a body and then waits: the body read timeout answers 408.
