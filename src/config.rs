@@ -267,6 +267,9 @@ impl Settings {
         at_least("max_headers", self.max_headers as u64, 8)?;
         // hyper refuses (panics on) a buffer below 8 KiB.
         at_least("max_head_bytes", self.max_head_bytes as u64, 8192)?;
+        // Above 64 KiB a request target longer than hyper's 65 534 bytes
+        // would get hyper's 414 rather than the 431 openapi.yaml documents.
+        at_most("max_head_bytes", self.max_head_bytes as u64, 64 * 1024)?;
         at_least("max_connections", self.max_connections as u64, 1)?;
         at_least("receive_max_bytes", self.receive_max_bytes as u64, self.max_body_bytes as u64).map_err(|_| {
             ConfigError::OutOfRange { key: "receive_max_bytes", reason: "must be at least max_body_bytes".to_string() }
