@@ -4,7 +4,8 @@
 //! Query parameters are checked: an unknown one, or a value that does not
 //! parse, is a `400` naming it, rather than a filter silently ignored.
 //! POSTs made with the session cookie must carry `X-CSRF-Token`
-//! ([`auth`](super::auth)).
+//! ([`auth`](super::auth)); `GET /api/v1/session` tells a caller its name
+//! and that token (`null` with a Bearer token, which needs none).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -44,6 +45,12 @@ async fn handle(
     let method = request.method().clone();
     let pool = &state.pool;
     match segments.as_slice() {
+        ["session"] => {
+            only_get(&method)?;
+            params.finish()?;
+            let session = serde_json::json!({ "name": caller.name, "csrf_token": caller.csrf_token() });
+            Ok(json(StatusCode::OK, &session))
+        }
         ["tickets"] => {
             only_get(&method)?;
             let filter = ticket_filter(&mut params)?;
