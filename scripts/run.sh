@@ -5,7 +5,9 @@
 # the private PostgreSQL cluster in .data/pg on port 5499
 # (TICKET_INGEST_PG_PORT), database ticket_ingest, and points the service at
 # it. That cluster keeps running after the service stops: `scripts/pg.sh stop`.
-# The service applies the migrations when it starts.
+# The service applies the migrations when it starts. Without admin_tokens
+# configured it generates a review desk token for the run and prints the
+# link that opens the desk (admin_listen, 127.0.0.1:9099).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -27,5 +29,18 @@ for arg in "$@"; do
     [ "$previous" = "--listen" ] && listen="$arg"
     previous="$arg"
 done
+# The review desk needs a token: generate one unless the environment or the
+# config file gives some, and print the link that logs in with it.
+admin_listen="${TICKET_INGEST_ADMIN_LISTEN:-127.0.0.1:9099}"
+if [ -z "${TICKET_INGEST_ADMIN_TOKENS:-}" ] && ! grep -Eq '^admin_tokens = \[ *"' config/ticket-ingest.toml 2>/dev/null; then
+    TICKET_INGEST_ADMIN_TOKENS="admin:$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+    export TICKET_INGEST_ADMIN_TOKENS
+    echo "==> review desk token generated for this run (set admin_tokens to keep one)"
+fi
+if [ -n "$admin_listen" ] && [ -n "${TICKET_INGEST_ADMIN_TOKENS:-}" ]; then
+    secret="${TICKET_INGEST_ADMIN_TOKENS%%,*}"
+    secret="${secret#*:}"
+    echo "==> review desk: http://$admin_listen/login?token=$secret&next=/tickets"
+fi
 echo "==> ticket-ingest will listen on http://$listen (POST /ticket, GET /healthz); Ctrl-C stops it"
 exec cargo run --release -- serve "$@"

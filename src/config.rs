@@ -135,6 +135,16 @@ pub struct Settings {
     pub log_level: String,
     /// How long shutdown waits for in-flight requests to finish.
     pub shutdown_grace_ms: u64,
+    /// Address of the review desk (`console`), a listener for people apart
+    /// from the webhook's; empty: no console.
+    pub admin_listen: String,
+    /// Tokens of the review desk, `name:secret` or a bare `secret`; none:
+    /// no console. The name is who a review is recorded as.
+    pub admin_tokens: Vec<String>,
+    /// Connections of the console's own pool, apart from the ingest's.
+    pub admin_db_pool_size: u32,
+    /// Longest a console statement may run before PostgreSQL cancels it.
+    pub admin_statement_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -170,6 +180,10 @@ impl Default for Settings {
             log_format: LogFormat::Pretty,
             log_level: "info".to_string(),
             shutdown_grace_ms: 10_000,
+            admin_listen: "127.0.0.1:9099".to_string(),
+            admin_tokens: Vec::new(),
+            admin_db_pool_size: 2,
+            admin_statement_timeout_ms: 2_000,
         }
     }
 }
@@ -287,6 +301,16 @@ impl Settings {
         if let Err(reason) = crate::signature::Verifier::new(&self.signing_secrets, self.signing_tolerance_s) {
             return Err(ConfigError::OutOfRange { key: "signing_secrets", reason });
         }
+        if !self.admin_listen.trim().is_empty() && self.admin_listen.trim().parse::<SocketAddr>().is_err() {
+            let reason = "must be an address such as 127.0.0.1:9099, or empty to run no console".to_string();
+            return Err(ConfigError::OutOfRange { key: "admin_listen", reason });
+        }
+        if let Err(reason) = crate::console::auth::Tokens::parse(&self.admin_tokens) {
+            return Err(ConfigError::OutOfRange { key: "admin_tokens", reason });
+        }
+        at_least("admin_db_pool_size", self.admin_db_pool_size as u64, 1)?;
+        at_most("admin_db_pool_size", self.admin_db_pool_size as u64, 64)?;
+        at_least("admin_statement_timeout_ms", self.admin_statement_timeout_ms, 1)?;
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(ConfigError::OutOfRange { key: "log_level", reason: error.to_string() });
         }
@@ -320,6 +344,11 @@ impl Settings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// The console's address; `None` when `admin_listen` is empty.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin_listen.trim().parse().ok()
     }
 }
 

@@ -1,6 +1,7 @@
 //! ticket-ingest: cash-register tickets from a webhook into PostgreSQL.
 //!
 //! # Layout
+//! - [`console`]   the review desk: second listener, token auth, JSON API (`/api/v1`)
 //! - [`config`]    settings: defaults → file → `TICKET_INGEST_*` env → flags
 //! - [`telemetry`] tracing subscriber (pretty | json)
 //! - [`startup`]   `Application::build` / `run_until_stopped`; shutdown order
@@ -19,6 +20,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod console;
 pub mod http;
 pub mod idempotency;
 pub mod job;

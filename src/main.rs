@@ -1,4 +1,4 @@
-//! `ticket-ingest [serve | migrate | check-config | reprocess]`: see `--help`.
+//! `ticket-ingest [serve | migrate | check-config | reprocess | console]`: see `--help`.
 
 use std::path::PathBuf;
 
@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use figment::providers::Serialized;
 use serde::Serialize;
 use ticket_ingest::config::Settings;
+use ticket_ingest::console::{self, Console};
 use ticket_ingest::reload::{self, Reloader};
 use ticket_ingest::startup::Application;
 use ticket_ingest::{reprocess, store, telemetry};
@@ -33,6 +34,9 @@ enum Command {
     CheckConfig,
     /// Re-parse stored tickets of a status with today's parser and update them.
     Reprocess(ReprocessArgs),
+    /// Run the review desk alone (`admin_listen`, `admin_tokens`), without
+    /// the webhook: it reads and reviews, and may run on another host.
+    Console,
 }
 
 #[derive(Args, Clone)]
@@ -143,6 +147,10 @@ fn run(command: Command, settings: Settings, loader: reload::Loader) -> anyhow::
         match command {
             Command::Migrate => migrate(&settings).await,
             Command::Reprocess(args) => reprocess(&settings, args).await,
+            Command::Console => {
+                let console = Console::build_alone(&settings).await?;
+                console.run_until_stopped(shutdown_signal()).await
+            }
             _ => {
                 let application = Application::build(settings.clone()).await?;
                 let reloader = Reloader::new(loader, settings, application.batch_tuning(), set_log_level);
@@ -182,6 +190,9 @@ fn toml_of(settings: &Settings) -> anyhow::Result<String> {
         shown.database_url = Some(hide_password(url));
     }
     shown.signing_secrets = shown.signing_secrets.iter().map(|_| "***".to_string()).collect();
+    shown.admin_tokens = console::auth::Tokens::parse(&settings.admin_tokens)
+        .map(|tokens| tokens.names().map(|name| format!("{name}:***")).collect())
+        .unwrap_or_default();
     Ok(toml::to_string(&shown)?)
 }
 

@@ -224,7 +224,7 @@ async fn write_with_retry(
 }
 
 /// One transaction: old lines out of the counts, rows updated, new lines in.
-async fn write_changes(connection: &mut PgConnection, changed: &[NewTicket]) -> Result<u64, sqlx::Error> {
+pub(crate) async fn write_changes(connection: &mut PgConnection, changed: &[NewTicket]) -> Result<u64, sqlx::Error> {
     let ids: Vec<Uuid> = changed.iter().map(|ticket| ticket.id).collect();
     let mut transaction = connection.begin().await?;
     sqlx::query(SUBTRACT_OLD_LINES).bind(&ids).execute(&mut *transaction).await?;

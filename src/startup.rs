@@ -27,6 +27,7 @@ use tokio::sync::Semaphore;
 
 use crate::admission::{Admission, Reception, Refusal};
 use crate::config::Settings;
+use crate::console::Console;
 use crate::http::{self, AppState};
 use crate::idempotency::RecentKeys;
 use crate::job::Job;
@@ -45,6 +46,8 @@ pub struct Application {
     wal_thread: WalThread<Job>,
     /// Records the log held at start, not known to be committed.
     recovered: Vec<Recovered>,
+    /// The review desk, on its own listener, when configured.
+    console: Option<Console>,
 }
 
 impl Application {
@@ -100,6 +103,7 @@ impl Application {
         .context("starting writer threads")?;
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
+        let console = Console::build(&settings).await.context("starting the review desk (console)")?;
         let recent_keys = RecentKeys::new();
         let verifier = Verifier::new(&settings.signing_secrets, settings.signing_tolerance_s)
             .map_err(|reason| anyhow::anyhow!("signing_secrets: {reason}"))?;
@@ -117,7 +121,7 @@ impl Application {
             tuning,
             schema_ready,
         });
-        Ok(Application { listener, state, writers, wal_thread, recovered })
+        Ok(Application { listener, state, writers, wal_thread, recovered, console })
     }
 
     /// The batch triggers the writers use; a SIGHUP reload changes them.
@@ -130,8 +134,21 @@ impl Application {
         self.listener.local_addr().map(|address| address.port()).unwrap_or(0)
     }
 
+    /// The port of the review desk, when it runs.
+    pub fn console_port(&self) -> Option<u16> {
+        self.console.as_ref().map(Console::port)
+    }
+
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Application { listener, state, writers, wal_thread, recovered } = self;
+        let Application { listener, state, writers, wal_thread, recovered, console } = self;
+        // The console stops with the webhook listener, first of all.
+        let (stop_console, console_stopped) = tokio::sync::watch::channel(false);
+        let console = console.map(|console| {
+            let mut stopped = console_stopped;
+            tokio::spawn(console.run_until_stopped(async move {
+                let _ = stopped.wait_for(|stopped| *stopped).await;
+            }))
+        });
         let replaying = tokio::spawn(replay(recovered, Arc::clone(&state.admission), state.queue.clone()));
         tracing::info!(message = "listening", address = %listener.local_addr()?, ack = ?state.settings.ack, writers = state.settings.writers);
         let connections = GracefulShutdown::new();
@@ -182,6 +199,7 @@ impl Application {
 
         tracing::info!(message = "shutting down: no new tickets accepted", in_flight = state.admission.in_flight());
         drop(listener);
+        let _ = stop_console.send(true);
         state.admission.close();
         let _ = replaying.await;
         let draining = connections.shutdown();
@@ -201,6 +219,13 @@ impl Application {
         // requests given up) still have to reach their clients.
         if !drained {
             let _ = tokio::time::timeout(Duration::from_secs(1), draining).await;
+        }
+        if let Some(console) = console {
+            match console.await {
+                Ok(Err(error)) => tracing::warn!(message = "review desk (console) stopped with an error", %error),
+                Err(error) => tracing::warn!(message = "review desk (console) task failed", %error),
+                Ok(Ok(())) => {}
+            }
         }
         if leftover.records == 0 {
             tracing::info!(message = "stopped, every accepted ticket is committed");

@@ -50,6 +50,8 @@ pub async fn test_settings() -> Settings {
         database_url: Some(fresh_database().await),
         wal_dir: temp_dir("wal"),
         log_level: "warn".to_string(),
+        // Started only by the tests that give it tokens.
+        admin_listen: "127.0.0.1:0".to_string(),
         ..Settings::default()
     }
 }
@@ -57,6 +59,8 @@ pub async fn test_settings() -> Settings {
 /// The service running in this process.
 pub struct TestApp {
     pub address: String,
+    /// The review desk's base URL, when it runs (`admin_tokens` given).
+    pub admin_address: Option<String>,
     pub database_url: String,
     pub db: PgPool,
     pub client: reqwest::Client,
@@ -78,6 +82,7 @@ pub async fn spawn_app_from(settings: Settings) -> TestApp {
     let database_url = settings.database_url.clone().expect("test settings have a database");
     let application = Application::build(settings).await.expect("application builds");
     let address = format!("http://127.0.0.1:{}", application.port());
+    let admin_address = application.console_port().map(|port| format!("http://127.0.0.1:{port}"));
     let (shutdown, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(application.run_until_stopped(async move {
         let _ = stopped.await;
@@ -85,6 +90,7 @@ pub async fn spawn_app_from(settings: Settings) -> TestApp {
     let db = PgPool::connect(&database_url).await.expect("test pool");
     TestApp {
         address,
+        admin_address,
         database_url,
         db,
         client: reqwest::Client::new(),

@@ -3,6 +3,7 @@
 mod admission;
 mod batches;
 mod config;
+mod console;
 mod contract;
 mod disk;
 mod durability;

@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use sqlx::Connection;
 use ticket_ingest::config::AckMode;
 
+use crate::console::{spawn_desk, ALICE_SECRET};
 use crate::helpers::{raw_request, spawn_app_with, test_database_url, SAMPLE_TICKET};
 
 /// `(path, method, status)` triples documented under `paths:`.
@@ -104,6 +105,8 @@ async fn every_response_documented_in_openapi_yaml_is_what_the_service_answers()
     exercised.insert(triple("/ticket", "post", 503));
     exercised.insert(triple("/readyz", "get", 503));
 
+    exercised.extend(console_responses().await);
+
     assert_eq!(exercised, documented, "openapi.yaml and the service disagree");
 }
 
@@ -116,8 +119,8 @@ async fn a_method_not_documented_for_a_path_is_a_405_allowing_the_documented_one
     }
 
     for (path, mut listed) in methods {
-        if path == "/{other}" {
-            continue; // no such route: 404 whatever the method
+        if path == "/{other}" || is_console_path(&path) {
+            continue; // no such route: 404 whatever the method; the desk is on its own listener
         }
         listed.dedup();
         if listed == ["GET"] {
@@ -135,6 +138,11 @@ async fn a_method_not_documented_for_a_path_is_a_405_allowing_the_documented_one
     }
 }
 
+/// The review desk's paths, served on its own listener (`admin_listen`).
+fn is_console_path(path: &str) -> bool {
+    path.starts_with("/api/") || path == "/login"
+}
+
 /// `Transfer-Encoding: gzip, chunked`, which hyper passes on still gzipped.
 async fn gzip_transfer_coding_status(address: &str) -> u16 {
     let request = "POST /ticket HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
@@ -149,8 +157,11 @@ async fn refusals_by_hyper(
     address: &str,
     documented: &BTreeSet<(String, String, u16)>,
 ) -> BTreeSet<(String, String, u16)> {
-    let operations: BTreeSet<(String, String)> =
-        documented.iter().map(|(path, method, _)| (path.clone(), method.clone())).collect();
+    let operations: BTreeSet<(String, String)> = documented
+        .iter()
+        .filter(|(path, _, _)| !is_console_path(path))
+        .map(|(path, method, _)| (path.clone(), method.clone()))
+        .collect();
     let mut exercised = BTreeSet::new();
     for (path, method) in operations {
         let line =
@@ -165,6 +176,106 @@ async fn refusals_by_hyper(
             assert!(!answer.head.to_ascii_lowercase().contains("content-type"), "{}", answer.head);
             exercised.insert(triple(&path, &method, code));
         }
+    }
+    exercised
+}
+
+/// Every response of the review desk, on its own listener.
+async fn console_responses() -> Vec<(String, String, u16)> {
+    let desk = spawn_desk().await;
+    let id = desk.ingest(SAMPLE_TICKET).await;
+    let unknown = uuid::Uuid::now_v7();
+    let review = serde_json::json!({ "decision": "accepted" });
+    let cookie = desk.log_in().await;
+    let anonymous = |path: &str| desk.client.get(format!("{}{path}", desk.base)).send();
+    let cookie_post = desk
+        .client
+        .post(format!("{}/api/v1/tickets/{id}/review", desk.base))
+        .header("cookie", &cookie)
+        .body(review.to_string())
+        .send();
+
+    let checks: Vec<((String, String, u16), u16)> = vec![
+        (triple("/login", "get", 200), anonymous("/login").await.expect("sent").status().as_u16()),
+        (
+            triple("/login", "get", 303),
+            anonymous(&format!("/login?token={ALICE_SECRET}")).await.expect("sent").status().as_u16(),
+        ),
+        (
+            triple("/login", "get", 401),
+            anonymous("/login?token=wrong-0123456789abcdef").await.expect("sent").status().as_u16(),
+        ),
+        (triple("/api/v1/session", "get", 200), desk.get("/api/v1/session").await.status().as_u16()),
+        (triple("/api/v1/session", "get", 401), anonymous("/api/v1/session").await.expect("sent").status().as_u16()),
+        (triple("/api/v1/tickets", "get", 200), desk.get("/api/v1/tickets?status=ok").await.status().as_u16()),
+        (triple("/api/v1/tickets", "get", 400), desk.get("/api/v1/tickets?since=yesterday").await.status().as_u16()),
+        (triple("/api/v1/tickets", "get", 401), anonymous("/api/v1/tickets").await.expect("sent").status().as_u16()),
+        (
+            triple("/api/v1/tickets/{id}", "get", 200),
+            desk.get(&format!("/api/v1/tickets/{id}")).await.status().as_u16(),
+        ),
+        (
+            triple("/api/v1/tickets/{id}", "get", 404),
+            desk.get(&format!("/api/v1/tickets/{unknown}")).await.status().as_u16(),
+        ),
+        (
+            triple("/api/v1/tickets/{id}/raw", "get", 200),
+            desk.get(&format!("/api/v1/tickets/{id}/raw")).await.status().as_u16(),
+        ),
+        (
+            triple("/api/v1/tickets/{id}/raw", "get", 404),
+            desk.get(&format!("/api/v1/tickets/{unknown}/raw")).await.status().as_u16(),
+        ),
+        (
+            triple("/api/v1/tickets/{id}/review", "post", 201),
+            desk.post_json(&format!("/api/v1/tickets/{id}/review"), &review).await.status().as_u16(),
+        ),
+        (
+            triple("/api/v1/tickets/{id}/review", "post", 400),
+            desk.post(&format!("/api/v1/tickets/{id}/review"), "{}").await.status().as_u16(),
+        ),
+        (triple("/api/v1/tickets/{id}/review", "post", 403), cookie_post.await.expect("sent").status().as_u16()),
+        (
+            triple("/api/v1/tickets/{id}/review", "post", 404),
+            desk.post_json(&format!("/api/v1/tickets/{unknown}/review"), &review).await.status().as_u16(),
+        ),
+        (
+            triple("/api/v1/tickets/{id}/reprocess", "post", 200),
+            desk.post(&format!("/api/v1/tickets/{id}/reprocess"), "").await.status().as_u16(),
+        ),
+        (
+            triple("/api/v1/tickets/{id}/reprocess", "post", 404),
+            desk.post(&format!("/api/v1/tickets/{unknown}/reprocess"), "").await.status().as_u16(),
+        ),
+        (
+            triple("/api/v1/tickets/{id}/correction", "post", 201),
+            desk.post(&format!("/api/v1/tickets/{id}/correction"), SAMPLE_TICKET).await.status().as_u16(),
+        ),
+        (
+            triple("/api/v1/tickets/{id}/correction", "post", 409),
+            desk.post(&format!("/api/v1/tickets/{id}/correction"), SAMPLE_TICKET).await.status().as_u16(),
+        ),
+        (
+            triple("/api/v1/tickets/{id}/correction", "post", 404),
+            desk.post(&format!("/api/v1/tickets/{unknown}/correction"), SAMPLE_TICKET).await.status().as_u16(),
+        ),
+        (triple("/api/v1/products", "get", 200), desk.get("/api/v1/products?q=caf").await.status().as_u16()),
+        (triple("/api/v1/products", "get", 400), desk.get("/api/v1/products?limit=100000").await.status().as_u16()),
+        (
+            triple("/api/v1/products/{product_id}", "get", 200),
+            desk.get("/api/v1/products/aZde").await.status().as_u16(),
+        ),
+        (
+            triple("/api/v1/products/{product_id}", "get", 404),
+            desk.get("/api/v1/products/none").await.status().as_u16(),
+        ),
+        (triple("/api/v1/stats", "get", 200), desk.get("/api/v1/stats?window=7d").await.status().as_u16()),
+        (triple("/api/v1/stats", "get", 400), desk.get("/api/v1/stats?window=1y").await.status().as_u16()),
+    ];
+    let mut exercised = Vec::new();
+    for (key, status) in checks {
+        assert_eq!(status, key.2, "{key:?}");
+        exercised.push(key);
     }
     exercised
 }

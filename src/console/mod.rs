@@ -1,0 +1,453 @@
+//! The review desk: a second HTTP listener, for people, apart from the
+//! webhook's — `admin_listen` (default `127.0.0.1:9099`; empty: none).
+//! `ticket-ingest serve` runs it beside the webhook; `ticket-ingest
+//! console` runs it alone, so that it can run on another host.
+//!
+//! # What it never does: slow ingestion down
+//! - its own pool of `admin_db_pool_size` connections (2), never the
+//!   writers' or the webhook's, so that people browsing cannot take a
+//!   connection ingestion waits for;
+//! - every connection carries `statement_timeout =
+//!   admin_statement_timeout_ms`, and reads run in `READ ONLY`
+//!   transactions ([`queries::read_only`]);
+//! - listings are keyset-paginated on indexes that exist anyway or are
+//!   partial (`queries` module docs): a page costs the same on a million
+//!   tickets as on a hundred (`docs/console.md`);
+//! - at most [`MAX_CONNECTIONS`] connections are served at once.
+//!
+//! # Layout
+//! - `mod.rs` (here): the listener, the router, [`ConsoleError`] mapped to
+//!   a status in one `match`, the login flow and placeholder pages;
+//! - [`auth`]: tokens, the session cookie, CSRF;
+//! - [`queries`]: what is read, as typed results;
+//! - [`actions`]: what is written (reviews, reprocessing, corrections);
+//! - [`api`]: the JSON API under `/api/v1`.
+//!
+//! # Routes
+//! `/healthz` answers anyone. `/login` opens a browser session (see
+//! [`auth`]). Everything else needs a token: `/api/…` answers `401` JSON
+//! without one, pages show the login form (`401`). `/`, `/tickets`,
+//! `/tickets/{id}`, `/products`, `/products/{id}` are placeholder pages
+//! listing the API's links until the server-rendered pages come.
+//!
+//! Whatever a ticket shows came from a sender nobody vouches for: JSON is
+//! escaped by serde, HTML by [`escape_html`], every answer carries
+//! `X-Content-Type-Options: nosniff`, and pages a `Content-Security-Policy`
+//! that runs no script.
+
+pub mod actions;
+pub mod api;
+pub mod auth;
+pub mod queries;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::Settings;
+use crate::http::HttpResponse;
+use auth::{Caller, Tokens};
+
+/// Connections the console serves at once; more wait in the backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long the console waits for a pool connection before `503`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long shutdown waits for console requests to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// What every console request handler shares.
+pub struct ConsoleState {
+    pub settings: Settings,
+    /// The console's own pool (`admin_db_pool_size`, `statement_timeout`).
+    pub pool: PgPool,
+    pub tokens: Tokens,
+}
+
+/// A bound console listener, not yet serving.
+pub struct Console {
+    listener: TcpListener,
+    state: Arc<ConsoleState>,
+}
+
+/// Why a request was not served, each mapped to a status in [`ConsoleError::status`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("a valid token is required: Authorization: Bearer <token>, or log in at /login")]
+    Unauthorized,
+    #[error("missing or wrong CSRF token: send the session's token in X-CSRF-Token (or the csrf_token form field)")]
+    CsrfRefused,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no such {0}")]
+    NotFound(&'static str),
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("the database did not answer within admin_statement_timeout_ms: narrow the query")]
+    Timeout,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ConsoleError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ConsoleError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ConsoleError::CsrfRefused => StatusCode::FORBIDDEN,
+            ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
+            ConsoleError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ConsoleError::Conflict(_) => StatusCode::CONFLICT,
+            ConsoleError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ConsoleError::Timeout | ConsoleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ConsoleError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The JSON answer: `{"error": "…"}`.
+    pub fn json_response(&self) -> HttpResponse {
+        let mut response = json(self.status(), &serde_json::json!({ "error": self.to_string() }));
+        match self {
+            ConsoleError::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ticket-ingest console\""));
+            }
+            ConsoleError::MethodNotAllowed(allow) => {
+                response.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ConsoleError {
+    fn from(error: sqlx::Error) -> ConsoleError {
+        let code = match &error {
+            sqlx::Error::Database(database) => database.code().map(|code| code.into_owned()),
+            _ => None,
+        };
+        match (code.as_deref(), &error) {
+            // query_canceled: statement_timeout.
+            (Some("57014"), _) => ConsoleError::Timeout,
+            (Some("25006"), _) => ConsoleError::Unavailable(
+                "the database is read-only (a replica?): reviews, reprocessing and corrections need the primary"
+                    .to_string(),
+            ),
+            (Some("23505"), _) => {
+                ConsoleError::Conflict("a concurrent change conflicts with this one: retry".to_string())
+            }
+            (_, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)) => {
+                ConsoleError::Unavailable(format!("database unavailable: {error}"))
+            }
+            _ => {
+                tracing::warn!(message = "console query failed", %error);
+                ConsoleError::Internal(error.to_string())
+            }
+        }
+    }
+}
+
+impl Console {
+    /// Why the console cannot start with `settings`, if it cannot.
+    pub fn not_started_reason(settings: &Settings) -> Option<&'static str> {
+        if settings.admin_address().is_none() {
+            return Some("admin_listen is empty");
+        }
+        if settings.admin_tokens.is_empty() {
+            return Some("no admin_tokens configured: set admin_tokens (or TICKET_INGEST_ADMIN_TOKENS=name:secret)");
+        }
+        None
+    }
+
+    /// The console `serve` runs beside the webhook: `None`, with the reason
+    /// logged, when it is disabled or has no token.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Option<Console>> {
+        if let Some(reason) = Console::not_started_reason(settings) {
+            tracing::warn!(message = "review desk (console) not started", reason);
+            return Ok(None);
+        }
+        Console::bind(settings).await.map(Some)
+    }
+
+    /// The console of `ticket-ingest console`: an error when it cannot start.
+    pub async fn build_alone(settings: &Settings) -> anyhow::Result<Console> {
+        if let Some(reason) = Console::not_started_reason(settings) {
+            anyhow::bail!("review desk (console) not started: {reason}");
+        }
+        Console::bind(settings).await
+    }
+
+    async fn bind(settings: &Settings) -> anyhow::Result<Console> {
+        let tokens =
+            Tokens::parse(&settings.admin_tokens).map_err(|reason| anyhow::anyhow!("admin_tokens: {reason}"))?;
+        let address = settings.admin_address().context("admin_listen")?;
+        let options: PgConnectOptions = settings.require_database_url()?.parse().context("database_url")?;
+        let options = options
+            .application_name("ticket-ingest console")
+            .options([("statement_timeout", settings.admin_statement_timeout_ms.to_string())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.admin_db_pool_size)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        let listener = TcpListener::bind(address).await.with_context(|| format!("binding {address} (admin_listen)"))?;
+        let state = Arc::new(ConsoleState { settings: settings.clone(), pool, tokens });
+        Ok(Console { listener, state })
+    }
+
+    /// The port actually bound (useful with `admin_listen = "127.0.0.1:0"`).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|address| address.port()).unwrap_or(0)
+    }
+
+    /// Serves until `shutdown` fires, then lets requests finish for at
+    /// most [`SHUTDOWN_GRACE`].
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Console { listener, state } = self;
+        tracing::info!(message = "review desk (console) listening", address = %listener.local_addr()?, tokens = ?state.tokens.names().collect::<Vec<_>>());
+        let connections = GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(state.settings.header_read_timeout()).keep_alive(true);
+        tokio::pin!(shutdown);
+        loop {
+            let slot = tokio::select! {
+                slot = Arc::clone(&slots).acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let stream = match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(error) => {
+                            tracing::warn!(message = "console accept failed", %error);
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    let state = Arc::clone(&state);
+                    let service = service_fn(move |request| route(Arc::clone(&state), request));
+                    let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
+                    tokio::spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(message = "console connection ended with an error", %error);
+                        }
+                        drop(slot);
+                    });
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        drop(listener);
+        if tokio::time::timeout(SHUTDOWN_GRACE, connections.shutdown()).await.is_err() {
+            tracing::warn!(message = "console requests still running at shutdown are cut");
+        }
+        state.pool.close().await;
+        Ok(())
+    }
+}
+
+/// Routes one console request; every answer gets the security headers.
+pub async fn route(state: Arc<ConsoleState>, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
+    let mut response = answer(&state, request).await;
+    let headers = response.headers_mut();
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+async fn answer(state: &ConsoleState, request: Request<Incoming>) -> HttpResponse {
+    let path = request.uri().path().to_string();
+    let is_get = request.method() == Method::GET || request.method() == Method::HEAD;
+    match path.as_str() {
+        "/healthz" if is_get => return text(StatusCode::OK, "ok"),
+        "/login" if is_get => return login(state, request.uri().query()),
+        "/healthz" | "/login" => return ConsoleError::MethodNotAllowed("GET, HEAD").json_response(),
+        _ => {}
+    }
+    let is_api = path == "/api" || path.starts_with("/api/");
+    let Some(caller) = state.tokens.authenticate(request.headers()) else {
+        if is_api {
+            return ConsoleError::Unauthorized.json_response();
+        }
+        let next = match request.uri().query() {
+            Some(query) => format!("{path}?{query}"),
+            None => path.clone(),
+        };
+        return login_page(StatusCode::UNAUTHORIZED, &next, None);
+    };
+    if is_api {
+        return api::route(state, &caller, request).await;
+    }
+    if !is_get {
+        return html(StatusCode::METHOD_NOT_ALLOWED, &page("Method not allowed", "<p>Pages are read with GET.</p>"));
+    }
+    placeholder_page(&caller, &path)
+}
+
+/// `GET /login?token=…&next=…` (module docs of [`auth`]).
+fn login(state: &ConsoleState, query: Option<&str>) -> HttpResponse {
+    let mut token = None;
+    let mut next = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "token" => token = Some(value.into_owned()),
+            "next" => next = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let next = next.unwrap_or_else(|| "/tickets".to_string());
+    let Some(token) = token.filter(|token| !token.is_empty()) else {
+        return login_page(StatusCode::OK, &next, None);
+    };
+    let Some(session) = state.tokens.open_session(&token, OffsetDateTime::now_utc()) else {
+        return login_page(StatusCode::UNAUTHORIZED, &next, Some("Unknown token."));
+    };
+    let location = auth::local_path(&next);
+    let mut response = html(StatusCode::SEE_OTHER, &page("Logged in", "<p>Logged in.</p>"));
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(location) {
+        headers.insert(LOCATION, location);
+    } else {
+        headers.insert(LOCATION, HeaderValue::from_static("/"));
+    }
+    if let Ok(cookie) = HeaderValue::from_str(&auth::session_set_cookie(&session)) {
+        headers.insert(SET_COOKIE, cookie);
+    }
+    response
+}
+
+fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> HttpResponse {
+    let error = error.map(|error| format!("<p><strong>{}</strong></p>", escape_html(error))).unwrap_or_default();
+    let body = format!(
+        "{error}<form method=\"get\" action=\"/login\">\
+         <label>Token <input type=\"password\" name=\"token\" autocomplete=\"current-password\" autofocus></label>\
+         <input type=\"hidden\" name=\"next\" value=\"{}\"> <button>Log in</button></form>\
+         <p>The token is one of <code>admin_tokens</code>; <code>scripts/run.sh</code> prints a link that logs in.</p>",
+        escape_html(auth::local_path(next))
+    );
+    html(status, &page("Review desk: log in", &body))
+}
+
+/// Until the server-rendered pages come: the links of the JSON API.
+fn placeholder_page(caller: &Caller, path: &str) -> HttpResponse {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let links: Vec<(String, String)> = match segments.as_slice() {
+        [""] | ["tickets"] | ["products"] => vec![
+            ("/api/v1/tickets".to_string(), "tickets, newest first".to_string()),
+            ("/api/v1/tickets?status=invalid".to_string(), "invalid tickets".to_string()),
+            ("/api/v1/tickets?status=partial".to_string(), "partial tickets".to_string()),
+            ("/api/v1/products".to_string(), "products".to_string()),
+            ("/api/v1/stats?window=24h".to_string(), "the last 24 hours".to_string()),
+        ],
+        ["tickets", id] => vec![
+            (format!("/api/v1/tickets/{id}"), format!("ticket {id}")),
+            (format!("/api/v1/tickets/{id}/raw"), "its raw bytes".to_string()),
+        ],
+        ["products", id] => vec![(format!("/api/v1/products/{id}"), format!("product {id}"))],
+        _ => return html(StatusCode::NOT_FOUND, &page("Not found", "<p>No such page.</p>")),
+    };
+    let mut body =
+        format!("<p>Logged in as {}. The pages are coming; meanwhile, the API:</p><ul>", escape_html(&caller.name));
+    for (href, label) in links {
+        body.push_str(&format!("<li><a href=\"{}\">{}</a></li>", escape_html(&href), escape_html(&label)));
+    }
+    body.push_str("</ul>");
+    html(StatusCode::OK, &page("Review desk", &body))
+}
+
+/// `text` with `& < > " '` replaced by entities: safe in element content
+/// and in quoted attribute values.
+pub fn escape_html(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            _ => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+/// A whole HTML document; `title` is escaped, `body` is taken as HTML.
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title></head><body><h1>{}</h1>{body}</body></html>",
+        escape_html(title),
+        escape_html(title)
+    )
+}
+
+pub(crate) fn html(status: StatusCode, document: &str) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(document.to_string())));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    headers.insert("content-security-policy", HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    response
+}
+
+pub(crate) fn json(status: StatusCode, value: &impl serde::Serialize) -> HttpResponse {
+    let (status, body) = match serde_json::to_vec(value) {
+        Ok(body) => (status, body),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({ "error": error.to_string() }).to_string().into_bytes(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn text(status: StatusCode, body: &str) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_special_characters_are_escaped() {
+        assert_eq!(escape_html(r#"<a href="x">'&'</a>"#), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;");
+    }
+}
