@@ -10,6 +10,9 @@
 # tests/api/schemathesis.rs runs schemathesis (PyPI), at the version it
 # names: installed when missing and run as root, into a virtualenv of its
 # own under ~/.cache/ticket-ingest, and exported as SCHEMATHESIS.
+# tests/api/browser.rs drives headless Chromium through chromedriver:
+# Debian's chromium and chromium-driver, installed when missing and run as
+# root (otherwise those tests fail, naming the packages).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -81,6 +84,25 @@ elif [ "$(id -u)" -eq 0 ]; then
 else
     echo "schemathesis $schemathesis_version is missing (tests/api/schemathesis.rs will fail): as root, rerun;" \
         "or python3 -m venv DIR && DIR/bin/pip install schemathesis==$schemathesis_version, then SCHEMATHESIS=DIR/bin/schemathesis" >&2
+fi
+
+# Debian's Chromium and its WebDriver, for tests/api/browser.rs (CHROMIUM
+# and CHROMEDRIVER name others).
+chromium="${CHROMIUM:-/usr/bin/chromium}"
+chromedriver="${CHROMEDRIVER:-chromedriver}"
+if [ -x "$chromium" ] && command -v "$chromedriver" >/dev/null; then
+    :
+elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    step "installing Debian's chromium and chromium-driver (tests/api/browser.rs)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null
+else
+    echo "chromium and chromium-driver are missing (tests/api/browser.rs will fail):" \
+        "apt-get install chromium chromium-driver, as root" >&2
+fi
+if [ -x "$chromium" ] && command -v "$chromedriver" >/dev/null; then
+    # The Debian launcher's /dev/shm check talks on stderr: not ours.
+    echo "browser: $("$chromium" --version 2>/dev/null), $("$chromedriver" --version | cut -d' ' -f1-2)"
 fi
 
 step "deployment files: scripts/check-deploy.sh"

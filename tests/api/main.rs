@@ -2,6 +2,7 @@
 
 mod admission;
 mod batches;
+mod browser;
 mod config;
 mod console;
 mod contract;
