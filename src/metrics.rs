@@ -71,6 +71,7 @@ pub struct Metrics {
     pub tickets_written: Counter,
     pub lines_written: Counter,
     pub products_written: Counter,
+    pub history_written: Counter,
     pub db_errors: Family<KindLabels, Counter>,
     pub retries: Counter,
     pub poison_tickets: Counter,
@@ -114,6 +115,7 @@ impl Metrics {
             tickets_written: Counter::default(),
             lines_written: Counter::default(),
             products_written: Counter::default(),
+            history_written: Counter::default(),
             db_errors: Family::default(),
             retries: Counter::default(),
             poison_tickets: Counter::default(),
@@ -208,6 +210,11 @@ impl Metrics {
         registry.register("tickets_written", "Ticket rows committed", self.tickets_written.clone());
         registry.register("lines_written", "Ticket line rows committed", self.lines_written.clone());
         registry.register("products_written", "Product rows inserted or updated", self.products_written.clone());
+        registry.register(
+            "history_written",
+            "Product history rows (product id, name, price) inserted or updated",
+            self.history_written.clone(),
+        );
         registry.register("db_errors", "Database errors, by kind (transient or data)", self.db_errors.clone());
         registry.register("retries", "Batch flushes retried after a transient error", self.retries.clone());
         registry.register(

@@ -7,9 +7,9 @@
 //! limit never applies, even for a batch of 500 tickets of 2 000 lines.
 //!
 //! Two ways to write a batch:
-//! - **Fast path**, [`WRITE_FRESH_BATCH`]: tickets, lines and products in
-//!   *one* statement (data-modifying CTEs), hence one round trip and one
-//!   implicit transaction. Live tickets have fresh UUIDv7 ids, so their
+//! - **Fast path**, [`WRITE_FRESH_BATCH`]: tickets, lines, product history
+//!   and products in *one* statement (data-modifying CTEs), hence one round
+//!   trip and one implicit transaction. Live tickets have fresh UUIDv7 ids, so their
 //!   insert cannot conflict; if it does (a replayed ticket already stored, a
 //!   repeated idempotency key), the statement fails as a whole with a
 //!   unique violation and the batch goes the careful way.
@@ -18,13 +18,28 @@
 //!      repeated idempotency key is skipped, and only the tickets actually
 //!      inserted go on to step 2 and 3, so nothing is stored twice.
 //!   2. `ticket_lines` of those tickets.
-//!   3. `products` of those tickets.
+//!   3. `product_history` of those tickets.
+//!   4. `products` of those tickets.
 //!
 //! Products are deduplicated inside the batch (the latest ticket wins, the
 //! counts are summed) and sorted by `product_id`, so that concurrent writers
 //! lock rows in the same order and cannot deadlock. A row is only
 //! overwritten by a ticket at least as recent as the one that wrote it, so a
 //! batch that commits late never puts an older price back.
+//!
+//! The product history (`product_history`: one row per product id, name and
+//! price, with first and last sighting and a count) is deduplicated the same
+//! way, per `(product_id, name, price)`, counts summed, and sorted by that
+//! key. It is written before the products in both paths: its rows are as
+//! hot as a product's for a product sold at one price, never hotter (each
+//! of its rows is touched by a subset of the tickets touching the product's
+//! row), so the products, the hottest rows, stay locked the shortest. Every
+//! writer, and `reprocess`, takes history rows first and products second,
+//! each set in key order, so the two sets cannot deadlock each other. A
+//! history name is the line's name cut to [`HISTORY_NAME_MAX_CHARS`]
+//! characters: names are not bounded by the parser, and a B-tree entry
+//! over ~2.7 kB would fail every batch holding it (SQLSTATE 54000, which is
+//! not a data error, so the batch would be retried for ever).
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
@@ -103,6 +118,22 @@ pub struct Written {
     pub tickets: u64,
     pub lines: u64,
     pub products: u64,
+    /// `product_history` rows inserted or updated.
+    pub history: u64,
+}
+
+/// Characters of a line's name kept in `product_history` (the migration's
+/// backfill cuts with the same `left(name, 200)`). At 4 bytes a character
+/// at most, the key stays far below PostgreSQL's B-tree entry limit.
+pub const HISTORY_NAME_MAX_CHARS: usize = 200;
+
+/// The name under which a line counts in `product_history`: its first
+/// [`HISTORY_NAME_MAX_CHARS`] characters, like SQL's `left(name, 200)`.
+pub fn history_name(name: &str) -> &str {
+    match name.char_indices().nth(HISTORY_NAME_MAX_CHARS) {
+        Some((end, _)) => &name[..end],
+        None => name,
+    }
 }
 
 type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
@@ -118,6 +149,17 @@ macro_rules! products_on_conflict {
         last_seen_at   = GREATEST(p.last_seen_at, EXCLUDED.last_seen_at),
         first_seen_at  = LEAST(p.first_seen_at, EXCLUDED.first_seen_at),
         times_seen     = p.times_seen + EXCLUDED.times_seen"
+    };
+}
+
+/// The history upsert's conflict clause, shared by both paths and
+/// `reprocess`.
+macro_rules! history_on_conflict {
+    () => {
+        "    ON CONFLICT (product_id, name, price) DO UPDATE SET
+        first_seen_at = LEAST(h.first_seen_at, EXCLUDED.first_seen_at),
+        last_seen_at  = GREATEST(h.last_seen_at, EXCLUDED.last_seen_at),
+        times_seen    = h.times_seen + EXCLUDED.times_seen"
     };
 }
 
@@ -143,12 +185,21 @@ const UPSERT_PRODUCTS: &str = concat!(
     products_on_conflict!()
 );
 
-/// The fast path: the three inserts above in one statement, the tickets'
+const UPSERT_HISTORY: &str = concat!(
+    "
+    INSERT INTO product_history AS h (product_id, name, price, first_seen_at, last_seen_at, times_seen)
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::numeric[], $4::timestamptz[], $5::timestamptz[], $6::int8[])
+",
+    history_on_conflict!()
+);
+
+/// The fast path: the four inserts above in one statement, the tickets'
 /// without `ON CONFLICT` so that a ticket already stored fails it whole.
 /// The products upsert runs last: it locks the hot rows every writer
 /// touches, and holds them until the commit, so the tickets and lines go
-/// first. PostgreSQL runs the main statement first, then the `WITH`
-/// sub-statements nobody reads, the last one written first: tickets, lines,
+/// first, then the history (hot too, but less: see the module docs).
+/// PostgreSQL runs the main statement first, then the `WITH` sub-statements
+/// nobody reads, the last one written first: tickets, lines, history,
 /// products. Nothing reads them, so no row is kept for a `RETURNING`.
 const WRITE_FRESH_BATCH: &str = concat!(
     "
@@ -158,6 +209,13 @@ const WRITE_FRESH_BATCH: &str = concat!(
                              $21::uuid[], $22::int8[])
 ",
     products_on_conflict!(),
+    "
+    ), upserted_history AS (
+        INSERT INTO product_history AS h (product_id, name, price, first_seen_at, last_seen_at, times_seen)
+        SELECT * FROM UNNEST($23::text[], $24::text[], $25::numeric[], $26::timestamptz[], $27::timestamptz[],
+                             $28::int8[])
+",
+    history_on_conflict!(),
     "
     ), new_lines AS (
         INSERT INTO ticket_lines (ticket_id, received_at, line_no, product_id, name, price)
@@ -199,9 +257,12 @@ pub async fn write_fresh_batch(connection: &mut PgConnection, batch: &[&NewTicke
     // Every distinct product of the batch is inserted or updated: one row each.
     let products = ProductColumns::new(batch);
     let product_count = products.product_ids.len() as u64;
+    // The same for every distinct (product id, name, price).
+    let history = HistoryColumns::new(merge_history(batch));
+    let history_count = history.product_ids.len() as u64;
     let query = sqlx::query(WRITE_FRESH_BATCH);
-    products.bind(lines.bind(TicketColumns::new(batch).bind(query))).execute(connection).await?;
-    Ok(Written { tickets: batch.len() as u64, lines: line_count, products: product_count })
+    history.bind(products.bind(lines.bind(TicketColumns::new(batch).bind(query)))).execute(connection).await?;
+    Ok(Written { tickets: batch.len() as u64, lines: line_count, products: product_count, history: history_count })
 }
 
 /// The careful path: one statement per table in one transaction, skipping
@@ -214,9 +275,10 @@ pub async fn write_batch_skipping_stored(
     let inserted = insert_tickets(&mut transaction, batch).await?;
     let fresh: Vec<&NewTicket> = batch.iter().copied().filter(|ticket| inserted.contains(&ticket.id)).collect();
     let lines = insert_lines(&mut transaction, &fresh).await?;
+    let history = upsert_history(&mut transaction, merge_history(&fresh)).await?;
     let products = upsert_products(&mut transaction, &fresh).await?;
     transaction.commit().await?;
-    Ok(Written { tickets: inserted.len() as u64, lines, products })
+    Ok(Written { tickets: inserted.len() as u64, lines, products, history })
 }
 
 async fn insert_tickets(connection: &mut PgConnection, batch: &[&NewTicket]) -> Result<HashSet<Uuid>, sqlx::Error> {
@@ -233,7 +295,18 @@ pub async fn insert_lines(connection: &mut PgConnection, tickets: &[&NewTicket])
     Ok(lines.bind(sqlx::query(INSERT_LINES)).execute(connection).await?.rows_affected())
 }
 
-/// Merges the products of `tickets` into the catalogue (step 3).
+/// Adds `sightings` (from [`merge_history`], or `reprocess`'s differences,
+/// where a negative count takes lines away) to `product_history`, in key
+/// order (step 3).
+pub async fn upsert_history(connection: &mut PgConnection, sightings: HistoryMerge<'_>) -> Result<u64, sqlx::Error> {
+    let history = HistoryColumns::new(sightings);
+    if history.product_ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(history.bind(sqlx::query(UPSERT_HISTORY)).execute(connection).await?.rows_affected())
+}
+
+/// Merges the products of `tickets` into the catalogue (step 4).
 pub async fn upsert_products(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<u64, sqlx::Error> {
     let products = ProductColumns::new(tickets);
     if products.product_ids.is_empty() {
@@ -448,6 +521,106 @@ fn merge_products<'a>(tickets: &[&'a NewTicket]) -> Vec<(&'a str, ProductSeen<'a
     merged.into_iter().collect()
 }
 
+/// A `product_history` key: product id, name (cut, [`history_name`]),
+/// price.
+pub type HistoryKey<'a> = (&'a str, &'a str, Decimal);
+
+/// What a set of lines adds to one `product_history` row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistorySeen {
+    pub first_seen_at: OffsetDateTime,
+    pub last_seen_at: OffsetDateTime,
+    /// Lines added; negative when `reprocess` takes old lines away.
+    pub times_seen: i64,
+}
+
+impl HistorySeen {
+    /// Counts `times` more lines (negative: fewer) seen between
+    /// `first_seen_at` and `last_seen_at`.
+    pub fn add(&mut self, times: i64, first_seen_at: OffsetDateTime, last_seen_at: OffsetDateTime) {
+        self.times_seen += times;
+        self.first_seen_at = self.first_seen_at.min(first_seen_at);
+        self.last_seen_at = self.last_seen_at.max(last_seen_at);
+    }
+}
+
+/// History rows merged in memory, one per key.
+pub type HistoryMerge<'a> = HashMap<HistoryKey<'a>, HistorySeen>;
+
+/// One entry per `(product_id, name, price)` of the lines of `tickets`
+/// (invalid tickets have none, and count for nothing, as for products):
+/// how many lines, first and last `received_at`.
+pub fn merge_history<'a>(tickets: &[&'a NewTicket]) -> HistoryMerge<'a> {
+    let mut merged: HistoryMerge<'a> = HashMap::new();
+    for ticket in tickets {
+        if ticket.parsed.status == Status::Invalid {
+            continue;
+        }
+        for line in &ticket.parsed.lines {
+            add_sighting(&mut merged, (&line.product_id, history_name(&line.name), line.price), 1, ticket.received_at);
+        }
+    }
+    merged
+}
+
+/// Adds `times` lines seen at `seen_at` under `key`.
+pub fn add_sighting<'a>(merged: &mut HistoryMerge<'a>, key: HistoryKey<'a>, times: i64, seen_at: OffsetDateTime) {
+    merged.entry(key).and_modify(|seen| seen.add(times, seen_at, seen_at)).or_insert(HistorySeen {
+        first_seen_at: seen_at,
+        last_seen_at: seen_at,
+        times_seen: times,
+    });
+}
+
+/// The `product_history` rows of a merge, sorted by key, so that every
+/// writer locks them in the same order.
+struct HistoryColumns<'a> {
+    product_ids: Vec<&'a str>,
+    names: Vec<&'a str>,
+    prices: Vec<Decimal>,
+    first_seen: Vec<OffsetDateTime>,
+    last_seen: Vec<OffsetDateTime>,
+    times_seen: Vec<i64>,
+}
+
+impl<'a> HistoryColumns<'a> {
+    fn new(merged: HistoryMerge<'a>) -> Self {
+        let mut rows: Vec<(HistoryKey<'a>, HistorySeen)> = merged.into_iter().collect();
+        rows.sort_unstable_by(|left, right| left.0.cmp(&right.0));
+        let count = rows.len();
+        let mut columns = HistoryColumns {
+            product_ids: Vec::with_capacity(count),
+            names: Vec::with_capacity(count),
+            prices: Vec::with_capacity(count),
+            first_seen: Vec::with_capacity(count),
+            last_seen: Vec::with_capacity(count),
+            times_seen: Vec::with_capacity(count),
+        };
+        for ((product_id, name, price), seen) in rows {
+            columns.product_ids.push(product_id);
+            columns.names.push(name);
+            columns.prices.push(price);
+            columns.first_seen.push(seen.first_seen_at);
+            columns.last_seen.push(seen.last_seen_at);
+            columns.times_seen.push(seen.times_seen);
+        }
+        columns
+    }
+
+    fn bind<'q>(self, query: PgQuery<'q>) -> PgQuery<'q>
+    where
+        'a: 'q,
+    {
+        query
+            .bind(self.product_ids)
+            .bind(self.names)
+            .bind(self.prices)
+            .bind(self.first_seen)
+            .bind(self.last_seen)
+            .bind(self.times_seen)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -457,5 +630,39 @@ mod tests {
         assert!(backoff(1) >= BACKOFF_FIRST && backoff(1) < BACKOFF_FIRST * 2);
         assert!(backoff(3) >= BACKOFF_FIRST * 4);
         assert!(backoff(40) >= BACKOFF_MAX && backoff(40) <= BACKOFF_MAX * 3 / 2);
+    }
+
+    #[test]
+    fn a_history_name_keeps_its_first_200_characters_not_bytes() {
+        let short = "Café crème";
+        let long = "é".repeat(HISTORY_NAME_MAX_CHARS + 50);
+
+        assert_eq!(history_name(short), short);
+        assert_eq!(history_name(&long).chars().count(), HISTORY_NAME_MAX_CHARS);
+        assert_eq!(history_name(&long).len(), 2 * HISTORY_NAME_MAX_CHARS);
+    }
+
+    #[test]
+    fn history_merges_lines_per_name_and_price_and_sorts_by_key() {
+        let early = OffsetDateTime::UNIX_EPOCH;
+        let late = early + Duration::from_secs(60);
+        let body = |price: &str| format!("Order: 1\n\nproduct,product_id,price\nB,b,1\nA,a,{price}\nA,a,{price}\n");
+        let ticket = |received_at, price: &str| {
+            NewTicket::known(Uuid::now_v7(), received_at, None, bytes::Bytes::from(body(price)))
+        };
+        let (first, second, third) = (ticket(late, "1.00"), ticket(early, "1"), ticket(late, "2.00"));
+
+        let columns = HistoryColumns::new(merge_history(&[&first, &second, &third]));
+
+        let keys: Vec<(&str, &str, String)> = (0..columns.product_ids.len())
+            .map(|row| (columns.product_ids[row], columns.names[row], columns.prices[row].to_string()))
+            .collect();
+        assert_eq!(
+            keys,
+            [("a", "A", "1.00".to_string()), ("a", "A", "2.00".to_string()), ("b", "B", "1.00".to_string())]
+        );
+        assert_eq!(columns.times_seen, [4, 2, 3]);
+        assert_eq!(columns.first_seen, [early, late, early]);
+        assert_eq!(columns.last_seen, [late, late, late]);
     }
 }

@@ -462,6 +462,7 @@ impl Writer {
         self.metrics.tickets_written.inc_by(written.tickets);
         self.metrics.lines_written.inc_by(written.lines);
         self.metrics.products_written.inc_by(written.products);
+        self.metrics.history_written.inc_by(written.history);
     }
 }
 

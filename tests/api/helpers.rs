@@ -225,6 +225,33 @@ pub async fn wait_for_count(db: &PgPool, table: &str, expected: i64, timeout: Du
     }
 }
 
+/// A `product_history` row: product id, name, price, first seen, last
+/// seen, times seen.
+pub type HistoryRow = (String, String, rust_decimal::Decimal, time::OffsetDateTime, time::OffsetDateTime, i64);
+
+/// `product_history`, in key order.
+pub async fn history(db: &PgPool) -> Vec<HistoryRow> {
+    sqlx::query_as(
+        "SELECT product_id, name, price, first_seen_at, last_seen_at, times_seen
+         FROM product_history ORDER BY product_id, name, price",
+    )
+    .fetch_all(db)
+    .await
+    .expect("product history")
+}
+
+/// What `product_history` must hold for the lines stored: the writers'
+/// rows, recomputed from `ticket_lines` (names cut as the writers cut them).
+pub async fn history_of_stored_lines(db: &PgPool) -> Vec<HistoryRow> {
+    sqlx::query_as(
+        "SELECT product_id, left(name, 200) AS name, price, min(received_at), max(received_at), count(*)
+         FROM ticket_lines GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+    )
+    .fetch_all(db)
+    .await
+    .expect("history of the stored lines")
+}
+
 /// A ticket whose order number tells it apart from every other one.
 pub fn numbered_ticket(order: u64) -> String {
     format!("Order: {order}\nVAT: 0.30\nTotal: 3.00\n\nproduct,product_id,price\nCafé,IZ8z,2\nCroissant,CR01,1.00\n")

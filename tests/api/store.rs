@@ -1,5 +1,6 @@
 //! `store::write_batch` on its own: the one-statement fast path and the
-//! careful path it falls back to when a ticket is already stored.
+//! careful path it falls back to when a ticket is already stored; the
+//! product history both maintain, and its migration's backfill.
 
 use bytes::Bytes;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -9,7 +10,7 @@ use ticket_ingest::ticket::ParsedTicket;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::helpers::{count, fresh_database, numbered_ticket};
+use crate::helpers::{count, fresh_database, history, history_of_stored_lines, numbered_ticket};
 
 fn new_ticket(order: u64, key: Option<&str>) -> NewTicket {
     let raw = Bytes::from(numbered_ticket(order));
@@ -69,7 +70,10 @@ async fn a_batch_holding_stored_tickets_writes_only_the_others_and_counts_produc
     let written = store::write_batch(&mut connection, &[&stored, &repeated_key, &fresh]).await.expect("batch");
 
     let fresh_lines = fresh.parsed.lines.len() as i64;
-    assert_eq!(written, Written { tickets: 1, lines: fresh_lines as u64, products: written.products });
+    assert_eq!(
+        written,
+        Written { tickets: 1, lines: fresh_lines as u64, products: written.products, history: written.history }
+    );
     assert_eq!(count(&db, "tickets").await, 3);
     assert_eq!(count(&db, "ticket_lines").await, lines_before + fresh_lines);
     assert_eq!(times_seen(&db).await, lines_before + fresh_lines);
@@ -78,4 +82,126 @@ async fn a_batch_holding_stored_tickets_writes_only_the_others_and_counts_produc
     let mut expected = vec![stored.id, stored_key.id, fresh.id];
     expected.sort();
     assert_eq!(stored_ids, expected);
+}
+
+/// A ticket received at `seconds` after an arbitrary start, holding `lines`
+/// (`name,product_id,price` each).
+fn ticket_at(seconds: i64, lines: &[&str]) -> NewTicket {
+    let received_at = OffsetDateTime::from_unix_timestamp(1_764_547_200 + seconds).expect("time");
+    let body = format!("Order: {seconds}\n\nproduct,product_id,price\n{}\n", lines.join("\n"));
+    NewTicket::known(Uuid::now_v7(), received_at, None, Bytes::from(body))
+}
+
+fn at(seconds: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_764_547_200 + seconds).expect("time")
+}
+
+#[tokio::test]
+async fn a_product_sold_at_two_prices_and_under_two_names_has_a_history_row_for_each() {
+    let (db, mut connection) = migrated_database().await;
+    let cafe_later = ticket_at(10, &["Café,IZ8z,2.50", "Croissant,CR01,1.00"]);
+    let cafe_twice = ticket_at(30, &["Café,IZ8z,2.00", "Café,IZ8z,2"]);
+    let cafe_first = ticket_at(0, &["Café,IZ8z,2.00"]);
+    let renamed = ticket_at(20, &["Cafe,IZ8z,2.00"]);
+
+    // Out of order: the later tickets first, each batch by its own path.
+    let fast = store::write_fresh_batch(&mut connection, &[&cafe_later, &cafe_twice]).await.expect("fast path");
+    let careful =
+        store::write_batch_skipping_stored(&mut connection, &[&cafe_first, &renamed]).await.expect("careful path");
+
+    assert_eq!((fast.history, careful.history), (3, 2), "one row per (product id, name, price) of each batch");
+    let money = |text: &str| text.parse::<rust_decimal::Decimal>().expect("price");
+    assert_eq!(
+        history(&db).await,
+        vec![
+            ("CR01".to_string(), "Croissant".to_string(), money("1.00"), at(10), at(10), 1),
+            ("IZ8z".to_string(), "Cafe".to_string(), money("2.00"), at(20), at(20), 1),
+            ("IZ8z".to_string(), "Café".to_string(), money("2.00"), at(0), at(30), 3),
+            ("IZ8z".to_string(), "Café".to_string(), money("2.50"), at(10), at(10), 1),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_batch_does_not_count_its_history_twice() {
+    let (db, mut connection) = migrated_database().await;
+    let stored = new_ticket(1, None);
+    let other = new_ticket(2, None);
+    store::write_batch(&mut connection, &[&stored, &other]).await.expect("first batch");
+    let history_before = history(&db).await;
+
+    let fresh = ticket_at(0, &["Café,IZ8z,2.00", "Thé,TH01,1.80"]);
+    let written = store::write_batch(&mut connection, &[&stored, &other, &fresh]).await.expect("replayed batch");
+
+    assert_eq!(written.tickets, 1);
+    assert_eq!(written.history, 2, "the fresh ticket's rows only");
+    let history_after = history(&db).await;
+    assert_eq!(history_after, history_of_stored_lines(&db).await);
+    let times_seen: i64 = history_after.iter().map(|row| row.5).sum();
+    assert_eq!(times_seen, history_before.iter().map(|row| row.5).sum::<i64>() + 2);
+    assert_eq!(times_seen, count(&db, "ticket_lines").await);
+}
+
+#[tokio::test]
+async fn a_name_too_long_for_an_index_entry_is_kept_in_the_history_cut_to_200_characters() {
+    let (db, mut connection) = migrated_database().await;
+    // 3 000 characters that do not compress: too large for a B-tree entry.
+    let mut state: u32 = 12345;
+    let long_name: String = (0..3000)
+        .map(|_| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            char::from(b'a' + ((state >> 16) % 26) as u8)
+        })
+        .collect();
+    let ticket = ticket_at(0, &[&format!("{long_name},LONG,1.00")]);
+
+    store::write_batch(&mut connection, &[&ticket]).await.expect("the batch is stored");
+
+    let rows = history(&db).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].1, long_name[..200]);
+    assert_eq!(rows, history_of_stored_lines(&db).await);
+}
+
+#[tokio::test]
+async fn the_history_migration_backfills_the_lines_already_stored() {
+    let database_url = fresh_database().await;
+    let db = PgPool::connect(&database_url).await.expect("pool");
+    let mut migrator = sqlx::migrate!("./migrations");
+    let all = migrator.migrations.to_vec();
+    migrator.migrations = all.iter().filter(|migration| migration.version < 20261201000001).cloned().collect();
+    migrator.run(&db).await.expect("the migrations before the history");
+    let long_name = "x".repeat(250);
+    for (seconds, line_no, product_id, name, price) in [
+        (0, 1, "IZ8z", "Café", "2.00"),
+        (10, 1, "IZ8z", "Café", "2.50"),
+        (20, 1, "IZ8z", "Café", "2.00"),
+        (20, 2, "LONG", long_name.as_str(), "1.00"),
+    ] {
+        sqlx::query(
+            "INSERT INTO ticket_lines (ticket_id, received_at, line_no, product_id, name, price)
+             VALUES ($1, $2, $3, $4, $5, $6::numeric)",
+        )
+        .bind(Uuid::from_u128(seconds as u128))
+        .bind(at(seconds))
+        .bind(line_no)
+        .bind(product_id)
+        .bind(name)
+        .bind(price)
+        .execute(&db)
+        .await
+        .expect("an old line");
+    }
+
+    store::migrate(&db).await.expect("the history migration");
+
+    let money = |text: &str| text.parse::<rust_decimal::Decimal>().expect("price");
+    assert_eq!(
+        history(&db).await,
+        vec![
+            ("IZ8z".to_string(), "Café".to_string(), money("2.00"), at(0), at(20), 2),
+            ("IZ8z".to_string(), "Café".to_string(), money("2.50"), at(10), at(10), 1),
+            ("LONG".to_string(), "x".repeat(200), money("1.00"), at(20), at(20), 1),
+        ]
+    );
 }
