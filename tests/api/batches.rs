@@ -218,7 +218,16 @@ async fn a_batch_stops_growing_once_its_tickets_reach_batch_max_bytes() {
     post_all(&app, (0..12).map(numbered_ticket).collect(), 12).await;
 
     app.wait_for_count("tickets", 12).await;
-    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    // The rows are visible as soon as they commit; the batch is counted just
+    // before its permits are given back.
+    let mut metrics = app.get("/metrics").await.text().await.expect("metrics");
+    for _ in 0..100 {
+        if metrics.lines().any(|line| line == "ticket_ingest_in_flight 0") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        metrics = app.get("/metrics").await.text().await.expect("metrics");
+    }
     let value = |name: &str| -> f64 {
         metrics
             .lines()
