@@ -567,3 +567,15 @@ async fn a_review_form_without_its_csrf_token_is_refused_and_with_it_redirects_b
         (Some("rejected"), Some("junk"))
     );
 }
+
+#[tokio::test]
+async fn a_body_that_is_not_text_is_shown_as_a_hex_dump() {
+    let desk = spawn_desk().await;
+    let id = desk.ingest(vec![b'O', b'r', 0xff, 0xfe, 0x00, b'<', b's', b'>']).await;
+
+    let page = desk.get(&format!("/tickets/{id}")).await.text().await.expect("text");
+
+    assert!(page.contains("<pre id=\"hex\">00000000  4f 72 ff fe 00 3c 73 3e"), "{page}");
+    assert!(page.contains("|Or...&lt;s&gt;|"), "{page}");
+    assert!(!page.contains("id=\"raw\""), "{page}");
+}
