@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 
 use crate::admission::{Admission, Reception, Refusal};
 use crate::config::Settings;
-use crate::console::Console;
+use crate::console::{Console, LiveNumbers, LiveSource};
 use crate::http::{self, AppState};
 use crate::idempotency::RecentKeys;
 use crate::job::Job;
@@ -103,7 +103,8 @@ impl Application {
         .context("starting writer threads")?;
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
-        let console = Console::build(&settings).await.context("starting the review desk (console)")?;
+        let live = live_numbers(&settings, &admission, &queue, &wal, &metrics);
+        let console = Console::build(&settings, live).await.context("starting the review desk (console)")?;
         let recent_keys = RecentKeys::new();
         let verifier = Verifier::new(&settings.signing_secrets, settings.signing_tolerance_s)
             .map_err(|reason| anyhow::anyhow!("signing_secrets: {reason}"))?;
@@ -296,4 +297,25 @@ async fn replay(recovered: Vec<Recovered>, admission: Arc<Admission>, queue: cro
         }
     }
     tracing::info!(message = "write-ahead log replayed into the queue", records = total);
+}
+
+/// What the review desk's overview reads of the running service: the
+/// admission budget, the writers' queue and the WAL, sampled on each read.
+fn live_numbers(
+    settings: &Settings,
+    admission: &Arc<Admission>,
+    queue: &crossbeam_channel::Sender<Job>,
+    wal: &Wal<Job>,
+    metrics: &Arc<Metrics>,
+) -> LiveSource {
+    let (admission, queue, wal, metrics) = (Arc::clone(admission), queue.clone(), wal.clone(), Arc::clone(metrics));
+    let wal_max_bytes = settings.wal_max_bytes;
+    Arc::new(move || LiveNumbers {
+        in_flight: admission.in_flight(),
+        in_flight_capacity: admission.capacity(),
+        queue_depth: queue.len(),
+        wal_records: metrics.wal_records.get(),
+        wal_bytes: wal.bytes_on_disk(),
+        wal_max_bytes,
+    })
 }

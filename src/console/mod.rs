@@ -17,27 +17,37 @@
 //!
 //! # Layout
 //! - `mod.rs` (here): the listener, the router, [`ConsoleError`] mapped to
-//!   a status in one `match`, the login flow and placeholder pages;
+//!   a status in one `match`, the login flow, [`escape_html`];
 //! - [`auth`]: tokens, the session cookie, CSRF;
 //! - [`queries`]: what is read, as typed results;
 //! - [`actions`]: what is written (reviews, reprocessing, corrections);
-//! - [`api`]: the JSON API under `/api/v1`.
+//! - [`api`]: the JSON API under `/api/v1`;
+//! - [`pages`]: the server-rendered pages and their forms; [`html`]: the
+//!   layout, the raw body views and the SVG price chart they are made of.
 //!
 //! # Routes
 //! `/healthz` answers anyone. `/login` opens a browser session (see
 //! [`auth`]). Everything else needs a token: `/api/…` answers `401` JSON
-//! without one, pages show the login form (`401`). `/`, `/tickets`,
-//! `/tickets/{id}`, `/products`, `/products/{id}` are placeholder pages
-//! listing the API's links until the server-rendered pages come.
+//! without one, pages show the login form (`401`, HTML). `/`, `/tickets`,
+//! `/tickets/{id}`, `/products`, `/products/{id}` are the pages, and
+//! `POST /tickets/{id}/review|reprocess|correction` their forms
+//! ([`pages`]). Inside `serve` the overview also reads the service's
+//! admission, queue and WAL numbers through a [`LiveSource`]; alone, it
+//! says they are not available.
 //!
 //! Whatever a ticket shows came from a sender nobody vouches for: JSON is
 //! escaped by serde, HTML by [`escape_html`], every answer carries
 //! `X-Content-Type-Options: nosniff`, and pages a `Content-Security-Policy`
-//! that runs no script.
+//! that runs no script: `default-src 'none'` with `style-src
+//! 'unsafe-inline'` for the one inline style sheet (no script source at
+//! all, so an injected `<script>` or `onerror=` never runs even if an
+//! escape were missed; a chart is inline SVG, no image request).
 
 pub mod actions;
 pub mod api;
 pub mod auth;
+pub mod html;
+pub mod pages;
 pub mod queries;
 
 use std::convert::Infallible;
@@ -63,7 +73,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Settings;
 use crate::http::HttpResponse;
-use auth::{Caller, Tokens};
+use auth::Tokens;
 
 /// Connections the console serves at once; more wait in the backlog.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -80,6 +90,26 @@ pub struct ConsoleState {
     /// The console's own pool (`admin_db_pool_size`, `statement_timeout`).
     pub pool: PgPool,
     pub tokens: Tokens,
+    /// The live numbers of the service the console runs in (`serve`);
+    /// `None` when it runs alone (`ticket-ingest console`).
+    pub live: Option<LiveSource>,
+}
+
+/// Reads the service's admission, queue and WAL numbers now.
+pub type LiveSource = Arc<dyn Fn() -> LiveNumbers + Send + Sync>;
+
+/// What the overview shows of the running service besides the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveNumbers {
+    /// Tickets admitted and not yet written (the admission budget in use).
+    pub in_flight: usize,
+    pub in_flight_capacity: usize,
+    /// Tickets waiting in the writers' queue.
+    pub queue_depth: usize,
+    /// WAL records not known to be committed.
+    pub wal_records: i64,
+    pub wal_bytes: u64,
+    pub wal_max_bytes: u64,
 }
 
 /// A bound console listener, not yet serving.
@@ -187,12 +217,13 @@ impl Console {
 
     /// The console `serve` runs beside the webhook: `None`, with the reason
     /// logged, when it is disabled or has no token.
-    pub async fn build(settings: &Settings) -> anyhow::Result<Option<Console>> {
+    /// `live` reads the service's admission, queue and WAL numbers.
+    pub async fn build(settings: &Settings, live: LiveSource) -> anyhow::Result<Option<Console>> {
         if let Some(reason) = Console::not_started_reason(settings) {
             tracing::warn!(message = "review desk (console) not started", reason);
             return Ok(None);
         }
-        Console::bind(settings).await.map(Some)
+        Console::bind(settings, Some(live)).await.map(Some)
     }
 
     /// The console of `ticket-ingest console`: an error when it cannot start.
@@ -200,10 +231,10 @@ impl Console {
         if let Some(reason) = Console::not_started_reason(settings) {
             anyhow::bail!("review desk (console) not started: {reason}");
         }
-        Console::bind(settings).await
+        Console::bind(settings, None).await
     }
 
-    async fn bind(settings: &Settings) -> anyhow::Result<Console> {
+    async fn bind(settings: &Settings, live: Option<LiveSource>) -> anyhow::Result<Console> {
         let tokens =
             Tokens::parse(&settings.admin_tokens).map_err(|reason| anyhow::anyhow!("admin_tokens: {reason}"))?;
         let address = settings.admin_address().context("admin_listen")?;
@@ -216,7 +247,7 @@ impl Console {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_lazy_with(options);
         let listener = TcpListener::bind(address).await.with_context(|| format!("binding {address} (admin_listen)"))?;
-        let state = Arc::new(ConsoleState { settings: settings.clone(), pool, tokens });
+        let state = Arc::new(ConsoleState { settings: settings.clone(), pool, tokens, live });
         Ok(Console { listener, state })
     }
 
@@ -309,10 +340,7 @@ async fn answer(state: &ConsoleState, request: Request<Incoming>) -> HttpRespons
     if is_api {
         return api::route(state, &caller, request).await;
     }
-    if !is_get {
-        return html(StatusCode::METHOD_NOT_ALLOWED, &page("Method not allowed", "<p>Pages are read with GET.</p>"));
-    }
-    placeholder_page(&caller, &path)
+    pages::route(state, &caller, request).await
 }
 
 /// `GET /login?token=…&next=…` (module docs of [`auth`]).
@@ -334,7 +362,7 @@ fn login(state: &ConsoleState, query: Option<&str>) -> HttpResponse {
         return login_page(StatusCode::UNAUTHORIZED, &next, Some("Unknown token."));
     };
     let location = auth::local_path(&next);
-    let mut response = html(StatusCode::SEE_OTHER, &page("Logged in", "<p>Logged in.</p>"));
+    let mut response = html_response(StatusCode::SEE_OTHER, &page("Logged in", "<p>Logged in.</p>"));
     let headers = response.headers_mut();
     if let Ok(location) = HeaderValue::from_str(location) {
         headers.insert(LOCATION, location);
@@ -356,34 +384,7 @@ fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> HttpRespon
          <p>The token is one of <code>admin_tokens</code>; <code>scripts/run.sh</code> prints a link that logs in.</p>",
         escape_html(auth::local_path(next))
     );
-    html(status, &page("Review desk: log in", &body))
-}
-
-/// Until the server-rendered pages come: the links of the JSON API.
-fn placeholder_page(caller: &Caller, path: &str) -> HttpResponse {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let links: Vec<(String, String)> = match segments.as_slice() {
-        [""] | ["tickets"] | ["products"] => vec![
-            ("/api/v1/tickets".to_string(), "tickets, newest first".to_string()),
-            ("/api/v1/tickets?status=invalid".to_string(), "invalid tickets".to_string()),
-            ("/api/v1/tickets?status=partial".to_string(), "partial tickets".to_string()),
-            ("/api/v1/products".to_string(), "products".to_string()),
-            ("/api/v1/stats?window=24h".to_string(), "the last 24 hours".to_string()),
-        ],
-        ["tickets", id] => vec![
-            (format!("/api/v1/tickets/{id}"), format!("ticket {id}")),
-            (format!("/api/v1/tickets/{id}/raw"), "its raw bytes".to_string()),
-        ],
-        ["products", id] => vec![(format!("/api/v1/products/{id}"), format!("product {id}"))],
-        _ => return html(StatusCode::NOT_FOUND, &page("Not found", "<p>No such page.</p>")),
-    };
-    let mut body =
-        format!("<p>Logged in as {}. The pages are coming; meanwhile, the API:</p><ul>", escape_html(&caller.name));
-    for (href, label) in links {
-        body.push_str(&format!("<li><a href=\"{}\">{}</a></li>", escape_html(&href), escape_html(&label)));
-    }
-    body.push_str("</ul>");
-    html(StatusCode::OK, &page("Review desk", &body))
+    html_response(status, &page("Review desk: log in", &body))
 }
 
 /// `text` with `& < > " '` replaced by entities: safe in element content
@@ -403,16 +404,13 @@ pub fn escape_html(text: &str) -> String {
     escaped
 }
 
-/// A whole HTML document; `title` is escaped, `body` is taken as HTML.
+/// A whole HTML document without the caller's name (login, refusals
+/// before authentication); `title` is escaped, `body` is taken as HTML.
 fn page(title: &str, body: &str) -> String {
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{}</title></head><body><h1>{}</h1>{body}</body></html>",
-        escape_html(title),
-        escape_html(title)
-    )
+    html::document(title, None, body)
 }
 
-pub(crate) fn html(status: StatusCode, document: &str) -> HttpResponse {
+pub(crate) fn html_response(status: StatusCode, document: &str) -> HttpResponse {
     let mut response = Response::new(Full::new(Bytes::from(document.to_string())));
     *response.status_mut() = status;
     let headers = response.headers_mut();

@@ -35,10 +35,11 @@
 //! them the browser tests fail, naming the packages.
 //!
 //! # Self-test
-//! Until the review desk's pages exist, the test at the end of this file
-//! drives a page server of its own (login form, HttpOnly cookie, an escaped
-//! hostile value) and the service's `/ping`, which shows the harness works
-//! end to end.
+//! The review desk's pages are driven in `console_pages.rs`. The test at
+//! the end of this file drives a page server of its own (login form,
+//! HttpOnly cookie, an escaped hostile value) and the service's `/ping`,
+//! which shows the harness itself works end to end, and that its detector
+//! catches a payload that does run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -384,8 +385,8 @@ impl Drop for Driver {
 
 // ---------------------------------------------------------------------------
 // Self-test of the harness: a page server of the test's own and the
-// service's /ping, until the review desk's pages exist. Not a model of the
-// console: only enough of one for the browser to log in and read a value.
+// service's /ping. Not a model of the console (console_pages.rs drives the
+// real one): only enough of one for the browser to log in and read a value.
 // ---------------------------------------------------------------------------
 
 mod self_test {

@@ -477,6 +477,7 @@ async fn ticket_ingest_console_serves_the_api_alone() {
     let alice = client.get(format!("http://{address}/api/v1/tickets")).bearer_auth(ALICE_SECRET).send().await;
     let bob = client.get(format!("http://{address}/api/v1/session")).bearer_auth(BOB_SECRET).send().await;
     let nobody = client.get(format!("http://{address}/api/v1/tickets")).send().await;
+    let overview = client.get(format!("http://{address}/")).bearer_auth(ALICE_SECRET).send().await;
     let _ = child.kill();
     let _ = child.wait();
 
@@ -485,23 +486,96 @@ async fn ticket_ingest_console_serves_the_api_alone() {
     assert_eq!(alice.json::<Value>().await.expect("JSON")["tickets"], serde_json::json!([]));
     assert_eq!(bob.expect("sent").json::<Value>().await.expect("JSON")["name"], "bob");
     assert_eq!(nobody.expect("sent").status(), 401);
+    let overview = overview.expect("sent").text().await.expect("text");
+    assert!(overview.contains("Live numbers are not available"), "{overview}");
+}
+
+#[tokio::test]
+async fn the_overview_counts_by_status_and_problem_and_shows_the_live_queue_inside_serve() {
+    let desk = spawn_desk().await;
+    desk.ingest(SAMPLE_TICKET).await;
+    desk.ingest(PARTIAL_TICKET).await;
+    desk.ingest(INVALID_TICKET).await;
+
+    let response = desk.get("/?window=1h").await;
+
+    assert_eq!(response.status(), 200);
+    let page = response.text().await.expect("text");
+    assert!(page.contains("<table id=\"live\">") && page.contains("writer queue depth"), "{page}");
+    assert!(page.contains("href=\"/tickets?status=invalid\">invalid</a></td><td class=\"num\">1<"), "{page}");
+    assert!(page.contains("href=\"/tickets?problem=bad_price\">bad_price</a></td><td class=\"num\">1<"), "{page}");
+    assert!(page.contains("<strong>0.05</strong> tickets a minute"), "3 tickets in 60 minutes: {page}");
+    assert_eq!(desk.get("/?window=2h").await.status(), 400);
 }
 
 #[tokio::test]
 async fn stored_text_is_escaped_in_pages() {
     let desk = spawn_desk().await;
+    let hostile = "Order: <script>window.__xss=1</script>\nVAT: 0.30\nTotal: 1.00\n\nproduct,product_id,price\n\
+                   <script>window.__xss=1</script>,XSS1,1.00\n";
+    let id = desk.ingest(hostile).await;
     let cookie = desk.log_in().await;
 
-    let page = desk
+    for path in
+        [format!("/tickets/{id}"), "/tickets".to_string(), "/products?q=XSS".to_string(), "/products/XSS1".to_string()]
+    {
+        let page =
+            desk.client.get(format!("{}{path}", desk.base)).header("cookie", &cookie).send().await.expect("sent");
+
+        assert_eq!(page.status(), 200, "{path}");
+        assert!(page.headers()["content-security-policy"].to_str().expect("ASCII").contains("default-src 'none'"));
+        let text = page.text().await.expect("text");
+        assert!(text.contains("&lt;script&gt;window.__xss=1&lt;/script&gt;"), "{path}: {text}");
+        assert!(!text.contains("<script>window"), "{path}: {text}");
+    }
+    let unknown = desk
         .client
         .get(format!("{}/tickets/%22%3E%3Cscript%3Ealert(1)%3C%2Fscript%3E", desk.base))
-        .header("cookie", cookie)
+        .header("cookie", &cookie)
         .send()
         .await
         .expect("sent");
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown.headers()["content-type"].to_str().expect("ASCII").starts_with("text/html"));
+    assert!(!unknown.text().await.expect("text").contains("<script"));
+}
 
-    assert!(page.headers()["content-security-policy"].to_str().expect("ASCII").contains("default-src 'none'"));
-    let text = page.text().await.expect("text");
-    assert!(!text.contains("<script"), "{text}");
-    assert!(text.contains("/api/v1/tickets/%22%3E%3Cscript"), "{text}");
+#[tokio::test]
+async fn a_review_form_without_its_csrf_token_is_refused_and_with_it_redirects_back() {
+    let desk = spawn_desk().await;
+    let id = desk.ingest(INVALID_TICKET).await;
+    let cookie = desk.log_in().await;
+    let page = desk.client.get(format!("{}/tickets/{id}", desk.base)).header("cookie", &cookie).send().await;
+    let page = page.expect("sent").text().await.expect("text");
+    let marker = "name=\"csrf_token\" value=\"";
+    let start = page.find(marker).expect("the form carries the CSRF token") + marker.len();
+    let csrf = &page[start..start + page[start..].find('"').expect("closing quote")];
+    let url = format!("{}/tickets/{id}/review", desk.base);
+    let form = |csrf: &str| format!("csrf_token={csrf}&decision=rejected&note=junk");
+
+    let without = desk.client.post(&url).header("cookie", &cookie).body("decision=rejected").send().await;
+    let forged = desk.client.post(&url).header("cookie", &cookie).body(form("forged")).send().await;
+    let with = desk.client.post(&url).header("cookie", &cookie).body(form(csrf)).send().await.expect("sent");
+
+    assert_eq!(without.expect("sent").status(), 403);
+    assert_eq!(forged.expect("sent").status(), 403);
+    assert_eq!(with.status(), 303);
+    assert_eq!(with.headers()["location"].to_str().expect("ASCII"), format!("/tickets/{id}?done=rejected"));
+    let ticket = desk.get_json(&format!("/api/v1/tickets/{id}")).await;
+    assert_eq!(
+        (ticket["reviews"][0]["decision"].as_str(), ticket["reviews"][0]["note"].as_str()),
+        (Some("rejected"), Some("junk"))
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_text_is_shown_as_a_hex_dump() {
+    let desk = spawn_desk().await;
+    let id = desk.ingest(vec![b'O', b'r', 0xff, 0xfe, 0x00, b'<', b's', b'>']).await;
+
+    let page = desk.get(&format!("/tickets/{id}")).await.text().await.expect("text");
+
+    assert!(page.contains("<pre id=\"hex\">00000000  4f 72 ff fe 00 3c 73 3e"), "{page}");
+    assert!(page.contains("|Or...&lt;s&gt;|"), "{page}");
+    assert!(!page.contains("id=\"raw\""), "{page}");
 }
