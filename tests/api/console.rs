@@ -29,17 +29,6 @@ pub async fn spawn_desk() -> Desk {
         settings.admin_tokens = vec![format!("alice:{ALICE_SECRET}"), BOB_SECRET.to_string()];
     })
     .await;
-    // Created by the product history migration of another branch; here
-    // so that the product page works before both meet.
-    sqlx::query(
-        "CREATE TABLE IF NOT EXISTS product_history (
-             product_id text NOT NULL, name text NOT NULL, price numeric(12, 2) NOT NULL,
-             first_seen_at timestamptz NOT NULL, last_seen_at timestamptz NOT NULL, times_seen bigint NOT NULL,
-             PRIMARY KEY (product_id, name, price))",
-    )
-    .execute(&app.db)
-    .await
-    .expect("product_history");
     let base = app.admin_address.clone().expect("the console runs when it has tokens");
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     Desk { app, base, client }
@@ -375,6 +364,36 @@ async fn a_correction_is_a_new_ticket_linked_to_the_original_and_feeds_the_catal
     assert_eq!((product["name"].as_str(), product["times_seen"].as_i64()), (Some("Café"), Some(1)));
     assert_eq!(twice.status(), 409, "a ticket is corrected once");
     assert_eq!(desk.post(&format!("/api/v1/tickets/{}/correction", Uuid::now_v7()), "x").await.status(), 404);
+}
+
+#[tokio::test]
+async fn a_product_posted_at_two_prices_under_two_names_has_all_of_them_in_its_history() {
+    let desk = spawn_desk().await;
+    let ticket = |order: u64, name: &str, price: &str| {
+        format!("Order: {order}\nVAT: 0.10\nTotal: {price}\n\nproduct,product_id,price\n{name},ESP1,{price}\n")
+    };
+    desk.ingest(ticket(1, "Espresso", "1.20")).await;
+    desk.ingest(ticket(2, "Espresso", "1.20")).await;
+    desk.ingest(ticket(3, "Espresso", "1.40")).await;
+    desk.ingest(ticket(4, "Espresso serré", "1.40")).await;
+
+    let product = desk.get_json("/api/v1/products/ESP1").await;
+
+    let mut seen: Vec<(String, String, i64)> = product["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|row| {
+            let name = row["name"].as_str().expect("name").to_string();
+            let price = row["price"].as_str().expect("price").to_string();
+            (name, price, row["times_seen"].as_i64().expect("count"))
+        })
+        .collect();
+    seen.sort();
+    let expected = [("Espresso", "1.20", 2), ("Espresso", "1.40", 1), ("Espresso serré", "1.40", 1)]
+        .map(|(name, price, count)| (name.to_string(), price.to_string(), count));
+    assert_eq!(seen, expected, "{product}");
+    assert_eq!((product["name"].as_str(), product["price"].as_str()), (Some("Espresso serré"), Some("1.40")));
 }
 
 #[tokio::test]
