@@ -91,7 +91,14 @@ for round in $(seq 1 "$rounds"); do
             TICKET_INGEST_LISTEN="127.0.0.1:$port" TICKET_INGEST_WAL_DIR="$wal_dir" TICKET_INGEST_LOG_LEVEL=warn \
             $command serve --config config/ticket-ingest.toml ${FLAGS:-} 2>>"$work/service.log" &
         pid=$!
-        until curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do sleep 0.05; done
+        until curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do
+            if ! kill -0 "$pid" 2>/dev/null; then
+                echo "$command exited before it was healthy (an older binary refusing a key of config/ticket-ingest.toml? run from its own checkout):" >&2
+                tail -n 5 "$work/service.log" >&2
+                exit 1
+            fi
+            sleep 0.05
+        done
         service_cpu="$(ticks "$pid")" cluster_cpu="$(cluster_ticks)" machine_cpu="$(busy_ticks)"
         started="$(date +%s%N)"
         load "http://127.0.0.1:$port/ticket" >"$work/wrk.txt"

@@ -69,26 +69,33 @@ impl Admission {
         })
     }
 
+    /// A place in the budget. The place is taken first and the budget's
+    /// closing looked at after (both sequentially consistent, as in
+    /// [`Admission::close`] and [`Admission::is_drained`]): a permit granted
+    /// is always seen by a writer deciding whether the service is drained,
+    /// so no ticket is queued after the last writer left.
     pub fn try_acquire(self: &Arc<Self>) -> Result<Permit, Refusal> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Refusal::Closed);
-        }
         let mut current = self.in_flight.load(Ordering::Relaxed);
         loop {
             if current >= self.capacity {
                 return Err(Refusal::Exhausted);
             }
-            match self.in_flight.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Ok(Permit { admission: Arc::clone(self), bytes: 0 }),
+            match self.in_flight.compare_exchange_weak(current, current + 1, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => break,
                 Err(actual) => current = actual,
             }
         }
+        let permit = Permit { admission: Arc::clone(self), bytes: 0 };
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Refusal::Closed); // dropping the permit gives the place back
+        }
+        Ok(permit)
     }
 
     /// Refuses every later request; permits already granted stay valid.
     pub fn close(&self) {
         let _ = self.closed_at.set(Instant::now());
-        self.closed.store(true, Ordering::Release);
+        self.closed.store(true, Ordering::SeqCst);
     }
 
     /// How long ago the budget was closed (the shutdown began), if it was.
@@ -130,7 +137,7 @@ impl Admission {
 
     /// Closed and every permit given back: nothing accepted is left to write.
     pub fn is_drained(&self) -> bool {
-        self.is_closed() && self.in_flight() == 0
+        self.closed.load(Ordering::SeqCst) && self.in_flight.load(Ordering::SeqCst) == 0
     }
 }
 

@@ -290,8 +290,22 @@ impl Settings {
         })?;
         at_least("receive_max_bytes_per_peer", self.receive_max_bytes_per_peer as u64, 1)?;
         at_least("body_min_bytes_per_s", self.body_min_bytes_per_s, 1)?;
+        // A body from a busy address (a proxy) must still get through alone.
+        at_least(
+            "receive_max_bytes_per_peer",
+            self.receive_max_bytes_per_peer as u64,
+            self.max_body_bytes as u64 + 1024,
+        )
+        .map_err(|_| ConfigError::OutOfRange {
+            key: "receive_max_bytes_per_peer",
+            reason: "must be at least max_body_bytes + 1024 (the gzip slack)".to_string(),
+        })?;
         at_least("header_read_timeout_ms", self.header_read_timeout_ms, 1)?;
         at_least("body_read_timeout_ms", self.body_read_timeout_ms, 1)?;
+        // Deadlines are the clock plus these: keep them far from its range.
+        at_most("header_read_timeout_ms", self.header_read_timeout_ms, 3_600_000)?;
+        at_most("body_read_timeout_ms", self.body_read_timeout_ms, 3_600_000)?;
+        at_most("shutdown_grace_ms", self.shutdown_grace_ms, 3_600_000)?;
         at_least("retry_after_s", self.retry_after_s as u64, 1)?;
         at_least("wal_segment_bytes", self.wal_segment_bytes, 4096)?;
         at_least("wal_max_bytes", self.wal_max_bytes, self.wal_segment_bytes).map_err(|_| ConfigError::OutOfRange {
@@ -510,6 +524,13 @@ mod tests {
         for key in keys() {
             assert!(text.contains(&format!("\n{key} =")) || text.contains(&format!("\n# {key} =")), "{key} missing");
         }
+    }
+
+    #[test]
+    fn a_timeout_beyond_an_hour_is_refused_rather_than_overflowing_a_deadline() {
+        let overrides = Serialized::defaults(serde_json::json!({ "body_read_timeout_ms": u64::MAX }));
+        let error = Settings::load(Some(Path::new("/dev/null")), overrides).unwrap_err();
+        assert!(error.to_string().contains("`body_read_timeout_ms`"), "{error}");
     }
 
     #[test]

@@ -208,7 +208,7 @@ fn is_get(method: &Method) -> bool {
     method == Method::GET || method == Method::HEAD
 }
 
-async fn ingest(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> HttpResponse {
+async fn ingest(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) -> HttpResponse {
     match accept(state, peer, request).await {
         Ok(response) => response,
         Err(refused) => refusal(state, &refused),
@@ -216,7 +216,7 @@ async fn ingest(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> H
 }
 
 /// The happy path of `POST /ticket`, from the body to `202`.
-async fn accept(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> Result<HttpResponse, Refused> {
+async fn accept(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>) -> Result<HttpResponse, Refused> {
     let (parts, body) = request.into_parts();
     let idempotency_key = idempotency_key(&parts.headers)?;
     only_chunked_transfer_coding(&parts.headers)?;
@@ -259,21 +259,28 @@ async fn accept(state: &AppState, peer: IpAddr, request: Request<Incoming>) -> R
         duplicate: false,
     })
     .map_err(|error| Refused::BadBody(error.to_string()))?;
-    match hand_over(state, ticket, permit).await {
-        Ok(()) => {
-            if let Some(claim) = claim {
-                claim.succeed(answer);
-            }
-            state.metrics.tickets_accepted.get_or_create(&StatusLabels { status: answer.status.as_str() }).inc();
-            Ok(json(StatusCode::ACCEPTED, Bytes::from(body)))
+    let handed_over = match claim {
+        None => hand_over(state, ticket, permit).await,
+        Some(claim) => {
+            // In a task of its own, so that the claim is settled with the
+            // ticket's real outcome even if this request is dropped (its
+            // client hung up while the ticket is being made safe): its
+            // repeats wait for that outcome, not for the connection.
+            let state = Arc::clone(state);
+            let settling = tokio::spawn(async move {
+                let handed_over = hand_over(&state, ticket, permit).await;
+                match &handed_over {
+                    Ok(()) => claim.succeed(answer),
+                    Err(refused) => claim.fail(refused.clone()),
+                }
+                handed_over
+            });
+            settling.await.unwrap_or(Err(Refused::ShuttingDown))
         }
-        Err(refused) => {
-            if let Some(claim) = claim {
-                claim.fail(refused.clone());
-            }
-            Err(refused)
-        }
-    }
+    };
+    handed_over?;
+    state.metrics.tickets_accepted.get_or_create(&StatusLabels { status: answer.status.as_str() }).inc();
+    Ok(json(StatusCode::ACCEPTED, Bytes::from(body)))
 }
 
 /// A repeated key is answered like its first request, once that one has

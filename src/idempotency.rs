@@ -127,6 +127,24 @@ impl<F: Clone + Send + Sync + 'static> RecentKeys<F> {
         Claimed::First(Claim { inner: Arc::clone(&self.inner), key: key.to_string(), generation, sender: Some(sender) })
     }
 
+    /// Remembers a key whose ticket was answered before this process
+    /// started (a record of the write-ahead log, replayed now), so that a
+    /// repeat gets the id acknowledged the first time.
+    pub fn remember(&self, key: &str, answer: Answer, body: &[u8]) {
+        let mut inner = lock(&self.inner);
+        if inner.entries.contains_key(key) {
+            return;
+        }
+        inner.evict_to(CAPACITY - 1);
+        let generation = inner.next_generation;
+        inner.next_generation += 1;
+        let (_settled, outcome) = watch::channel(Some(Ok(answer)));
+        inner
+            .entries
+            .insert(key.to_string(), Entry { generation, body_hash: hash(body), first_id: answer.id, outcome });
+        inner.order.push_back((key.to_string(), generation));
+    }
+
     /// Keys remembered now, settled or under way.
     pub fn len(&self) -> usize {
         lock(&self.inner).entries.len()
@@ -149,13 +167,20 @@ impl<F: Clone + Send + Sync + 'static> Default for RecentKeys<F> {
 }
 
 impl<F> Inner<F> {
-    /// Forgets the oldest keys until at most `keep` are left.
+    /// Forgets the oldest settled keys until at most `keep` are left. A
+    /// key whose first request is still under way is kept (moved to the
+    /// back): its repeats must keep finding it.
     fn evict_to(&mut self, keep: usize) {
-        while self.entries.len() > keep {
+        let mut passes = self.order.len();
+        while self.entries.len() > keep && passes > 0 {
+            passes -= 1;
             let Some((key, generation)) = self.order.pop_front() else { break };
-            if self.entries.get(&key).is_some_and(|entry| entry.generation == generation) {
-                self.entries.remove(&key);
+            let Some(entry) = self.entries.get(&key).filter(|entry| entry.generation == generation) else { continue };
+            if entry.outcome.borrow().is_none() {
+                self.order.push_back((key, generation));
+                continue;
             }
+            self.entries.remove(&key);
         }
         // Forgotten claims leave stale queue entries behind; drop them once
         // they outnumber the live ones.
@@ -296,6 +321,30 @@ mod tests {
         let outcome = repeat(keys.claim("k", Uuid::now_v7(), b"corrected body")).outcome().await;
 
         assert_eq!(outcome, Ok(Ok(Repeated::Conflict(given))));
+    }
+
+    #[tokio::test]
+    async fn a_remembered_key_answers_its_repeats_with_the_acknowledged_id() {
+        let keys = RecentKeys::<&'static str>::new();
+        let given = answer();
+        keys.remember("from-the-log", given, b"body");
+
+        let outcome = repeat(keys.claim("from-the-log", Uuid::now_v7(), b"body")).outcome().await;
+
+        assert_eq!(outcome, Ok(Ok(Repeated::Duplicate(given))));
+    }
+
+    #[test]
+    fn a_key_under_way_is_not_forgotten_to_make_room() {
+        let keys = RecentKeys::<&'static str>::new();
+        let _pending = first(keys.claim("under-way", Uuid::now_v7(), b"x"));
+        for number in 0..CAPACITY {
+            if let Claimed::First(claim) = keys.claim(&number.to_string(), Uuid::now_v7(), b"x") {
+                claim.succeed(answer());
+            }
+        }
+        assert!(keys.first_id("under-way").is_some(), "its repeats must still find it");
+        assert!(keys.first_id("0").is_none(), "the oldest settled key went instead");
     }
 
     #[test]

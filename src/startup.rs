@@ -29,12 +29,12 @@ use crate::admission::{Admission, Reception, Refusal};
 use crate::config::Settings;
 use crate::console::{Console, LiveNumbers, LiveSource};
 use crate::http::{self, AppState};
-use crate::idempotency::RecentKeys;
+use crate::idempotency::{Answer, RecentKeys};
 use crate::job::Job;
 use crate::metrics::Metrics;
 use crate::signature::Verifier;
 use crate::store;
-use crate::ticket::NewTicket;
+use crate::ticket::{NewTicket, ParsedTicket};
 use crate::wal::{Recovered, Wal, WalThread};
 use crate::writer::{BatchTuning, Writers};
 
@@ -105,7 +105,15 @@ impl Application {
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
         let live = live_numbers(&settings, &admission, &queue, &wal, &metrics);
         let console = Console::build(&settings, live).await.context("starting the review desk (console)")?;
+        // The keys of the records still in the log were acknowledged before
+        // this start: a retry arriving during the replay gets the same id.
         let recent_keys = RecentKeys::new();
+        for Recovered { record, .. } in &recovered {
+            if let Some(key) = &record.idempotency_key {
+                let answer = Answer { id: record.id, status: ParsedTicket::parse(&record.raw).status };
+                recent_keys.remember(key, answer, &record.raw);
+            }
+        }
         let verifier = Verifier::new(&settings.signing_secrets, settings.signing_tolerance_s)
             .map_err(|reason| anyhow::anyhow!("signing_secrets: {reason}"))?;
         let state = Arc::new(AppState {

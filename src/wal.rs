@@ -273,6 +273,9 @@ struct Appender<J> {
     /// The active segment is zero-filled up to here (records end before).
     zeroed_to: u64,
     buffer: Vec<u8>,
+    /// Sequence number of the first record in `buffer`, while it holds any:
+    /// a segment opened for them must be named after it.
+    buffer_first_seq: Option<u64>,
     bytes_on_disk: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     /// Where the jobs of durable records go.
@@ -299,6 +302,7 @@ impl<J: Logged> Appender<J> {
             active: None,
             zeroed_to: 0,
             buffer: Vec::with_capacity(64 * 1024),
+            buffer_first_seq: None,
             bytes_on_disk,
             metrics,
             queue: None,
@@ -369,6 +373,7 @@ impl<J: Logged> Appender<J> {
             Message::Append { record, job, reply } => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
+                self.buffer_first_seq.get_or_insert(seq);
                 encode(&mut self.buffer, seq, &record);
                 group.push(Pending { seq, job, reply });
                 false
@@ -409,6 +414,9 @@ impl<J: Logged> Appender<J> {
     fn write_group(&mut self, group: &mut Vec<Pending<J>>) {
         let started = Instant::now();
         let result = self.write_buffer();
+        // The buffer's records are on disk or refused: a segment opened from
+        // here on is for the records after them.
+        self.buffer_first_seq = None;
         self.metrics.wal_append_duration.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
@@ -506,18 +514,22 @@ impl<J: Logged> Appender<J> {
         }
     }
 
-    /// Creates the segment that receives the next records; on failure,
-    /// removes what it created.
+    /// Creates the segment that receives the next records — named after
+    /// the first of them: the records waiting in the buffer, if any, else
+    /// the next one — never over an existing file; on failure, removes
+    /// what it created.
     fn open_active_segment(&mut self) -> io::Result<()> {
-        let path = self.dir.join(segment_name(self.next_seq));
-        let prepared = OpenOptions::new().create(true).truncate(true).write(true).open(&path).and_then(|mut file| {
-            file.write_all(MAGIC)?;
+        let first_seq = self.buffer_first_seq.unwrap_or(self.next_seq);
+        let path = self.dir.join(segment_name(first_seq));
+        // An existing file is never truncated: it may hold records.
+        let mut file = OpenOptions::new().create_new(true).write(true).open(&path)?;
+        let prepared = file.write_all(MAGIC).and_then(|()| {
             let zeroed_to = zero_ahead(&file, MAGIC.len() as u64, ZERO_AHEAD.min(self.segment_bytes))?;
             file.sync_all()?;
             sync_dir(&self.dir)?;
-            Ok((file, zeroed_to))
+            Ok(zeroed_to)
         });
-        let (file, zeroed_to) = match prepared {
+        let zeroed_to = match prepared {
             Ok(prepared) => prepared,
             Err(error) => {
                 let _ = fs::remove_file(&path);
@@ -527,7 +539,7 @@ impl<J: Logged> Appender<J> {
         };
         self.zeroed_to = zeroed_to;
         self.bytes_on_disk.fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
-        self.segments.insert(self.next_seq, Segment { path, bytes: MAGIC.len() as u64, uncommitted: 0 });
+        self.segments.insert(first_seq, Segment { path, bytes: MAGIC.len() as u64, uncommitted: 0 });
         self.active = Some(file);
         Ok(())
     }
@@ -772,6 +784,37 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    #[test]
+    fn every_record_acknowledged_around_a_failed_rotation_is_replayed() {
+        let dir = temp_dir();
+        let (wal, thread, _) = open(&dir, 50);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        // Every record fills a segment; the one after the first cannot be
+        // created for a while: a directory holds its name.
+        let blocker = dir.join(segment_name(2));
+        fs::create_dir(&blocker).expect("blocker");
+        let mut acknowledged = Vec::new();
+        for n in 0..6 {
+            if n == 3 {
+                fs::remove_dir(&blocker).expect("unblock");
+                std::thread::sleep(RETRY_EVERY + std::time::Duration::from_millis(100));
+            }
+            if let Ok(seq) = runtime.block_on(wal.append(record(n), None)) {
+                acknowledged.push(seq);
+            }
+        }
+        let leftover = thread.stop();
+
+        let (_wal, thread, recovered) = open(&dir, 50);
+        let replayed: Vec<u64> = recovered.iter().map(|recovered| recovered.seq).collect();
+        assert!(acknowledged.len() >= 4, "acknowledged: {acknowledged:?}");
+        for seq in &acknowledged {
+            assert!(replayed.contains(seq), "record {seq} was acknowledged, not replayed: {replayed:?}");
+        }
+        assert_eq!(leftover.records as usize, acknowledged.len());
+        thread.stop();
     }
 
     #[test]

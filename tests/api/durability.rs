@@ -219,3 +219,43 @@ async fn started_while_the_database_is_unreachable_it_accepts_into_the_wal_says_
     assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
     drop(service);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_kill_9_gets_the_id_acknowledged_before_the_crash() {
+    let database_url = fresh_database().await;
+    let wal_dir = temp_dir("wal");
+    let proxy = DbProxy::start(&database_url).await;
+    let mut service = ServiceProcess::start(&proxy.url(&database_url), &wal_dir, AckMode::Wal, &[]).await;
+    proxy.cut();
+    let client = reqwest::Client::new();
+    let post = |address: String| {
+        client.post(format!("{address}/ticket")).header("Idempotency-Key", "order-9").body(numbered_ticket(9)).send()
+    };
+    let first: serde_json::Value = post(service.address.clone()).await.expect("sent").json().await.expect("json");
+    service.signal("KILL");
+    let _ = service.wait_exit(Duration::from_secs(10)).await;
+
+    // The database is still out: the record waits in the log.
+    let restarted = ServiceProcess::start(&proxy.url(&database_url), &wal_dir, AckMode::Wal, &[]).await;
+    let retry = post(restarted.address.clone()).await.expect("sent");
+    let retry_status = retry.status();
+    let retry: serde_json::Value = retry.json().await.expect("json");
+    proxy.restore();
+
+    assert_eq!(retry_status, 202);
+    assert_eq!((retry["id"].clone(), retry["duplicate"].clone()), (first["id"].clone(), serde_json::Value::Bool(true)));
+    let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stored: Option<uuid::Uuid> =
+            sqlx::query_scalar("SELECT id FROM tickets").fetch_optional(&db).await.unwrap_or(None);
+        if let Some(id) = stored {
+            assert_eq!(serde_json::Value::String(id.to_string()), first["id"]);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the logged ticket was not written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&db, "tickets").await, 1);
+    drop(restarted);
+}

@@ -163,3 +163,32 @@ async fn the_same_key_with_another_body_is_answered_409_with_the_first_id_and_no
     let order: String = sqlx::query_scalar("SELECT order_id FROM tickets").fetch_one(&app.db).await.expect("row");
     assert_eq!(order, "1", "first wins");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_after_the_first_client_hung_up_gets_the_id_that_is_stored() {
+    use tokio::io::AsyncWriteExt;
+
+    let app = spawn_app_with(|settings| settings.ack = AckMode::Commit).await;
+    let lock = TicketsLocked::take(&app.database_url).await;
+    let host = app.address.trim_start_matches("http://").to_string();
+    let request = format!(
+        "POST /ticket HTTP/1.1\r\nHost: {host}\r\nIdempotency-Key: hung-up\r\nContent-Length: {}\r\n\r\n{SAMPLE_TICKET}",
+        SAMPLE_TICKET.len()
+    );
+    let mut first = tokio::net::TcpStream::connect(&host).await.expect("connect");
+    first.write_all(request.as_bytes()).await.expect("request");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(first); // hangs up while its ticket waits for the commit
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let repeat = app.spawn_post_with_key(SAMPLE_TICKET, "hung-up");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.release().await;
+    let repeat = repeat.await.expect("repeat");
+
+    assert_eq!(repeat.status(), 202);
+    let repeat: serde_json::Value = repeat.json().await.expect("json");
+    app.wait_for_count("tickets", 1).await;
+    let stored: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tickets").fetch_one(&app.db).await.expect("row");
+    assert_eq!(repeat["id"], stored.to_string(), "the id answered is the one stored");
+}
