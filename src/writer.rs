@@ -15,9 +15,12 @@
 //!
 //! A flush never gives up on a ticket:
 //! - a transient error (connection lost, I/O, serialization failure,
-//!   deadlock, server shutting down, anything not caused by the data)
-//!   retries the same batch with capped exponential backoff and jitter. The
-//!   permits stay held, so a long outage turns into `503`s at the front door;
+//!   deadlock, server shutting down, a standby refusing to write, anything
+//!   not caused by the data) retries the same batch with capped exponential
+//!   backoff and jitter, on a new connection found through `database_url`'s
+//!   host list ([`store::connect`]): after a failover, the promoted standby.
+//!   The permits stay held, so a long outage turns into `503`s at the front
+//!   door;
 //! - a data error (SQLSTATE class 22 or 23) splits the batch in halves until
 //!   the ticket at fault is alone; that ticket is stored as `invalid` with
 //!   its raw body and the database's message.
