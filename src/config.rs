@@ -31,6 +31,8 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
+use crate::database_url::DatabaseUrl;
+
 /// The file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "config/ticket-ingest.toml";
 
@@ -69,8 +71,12 @@ pub enum LogFormat {
 pub struct Settings {
     /// Address the HTTP listener binds.
     pub listen: SocketAddr,
-    /// PostgreSQL URL; `DATABASE_URL` is used when this is unset.
+    /// PostgreSQL URL; `DATABASE_URL` is used when this is unset. A libpq
+    /// host list with `target_session_attrs` follows a failover.
     pub database_url: Option<String>,
+    /// PostgreSQL URL of a read replica for the console's reads and
+    /// `reprocess`'s; `database_url` when unset. Writes never go there.
+    pub read_database_url: Option<String>,
     /// Threads of the HTTP runtime; 0 means one per CPU core.
     pub http_threads: usize,
     /// Connections of the shared pool (migrations, readiness checks).
@@ -152,6 +158,7 @@ impl Default for Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 9098)),
             database_url: None,
+            read_database_url: None,
             http_threads: 0,
             db_pool_size: 4,
             ack: AckMode::Wal,
@@ -329,12 +336,31 @@ impl Settings {
             return Err(ConfigError::OutOfRange { key: "log_level", reason: error.to_string() });
         }
         if let Some(url) = &self.database_url {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                let reason = "must start with postgres:// or postgresql://".to_string();
+            if let Err(reason) = DatabaseUrl::parse(url) {
                 return Err(ConfigError::OutOfRange { key: "database_url", reason });
             }
         }
+        if let Some(url) = &self.read_database_url {
+            if let Err(reason) = DatabaseUrl::parse(url) {
+                return Err(ConfigError::OutOfRange { key: "read_database_url", reason });
+            }
+        }
         Ok(())
+    }
+
+    /// The database written to, parsed: `database_url`, or an error saying
+    /// how to give one.
+    pub fn database(&self) -> anyhow::Result<DatabaseUrl> {
+        DatabaseUrl::parse(self.require_database_url()?).map_err(|reason| anyhow::anyhow!("database_url: {reason}"))
+    }
+
+    /// The database read from by the console and `reprocess`:
+    /// `read_database_url`, else [`Settings::database`].
+    pub fn read_database(&self) -> anyhow::Result<DatabaseUrl> {
+        match &self.read_database_url {
+            Some(url) => DatabaseUrl::parse(url).map_err(|reason| anyhow::anyhow!("read_database_url: {reason}")),
+            None => self.database(),
+        }
     }
 
     /// The database URL, or an error saying how to give one.

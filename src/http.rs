@@ -70,6 +70,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// For readiness checks.
     pub pool: PgPool,
+    /// Keeps `pool` on the primary when `database_url` lists several hosts.
+    pub pool_follower: crate::store::PrimaryFollower,
     pub wal: Wal<Job>,
     /// Idempotency keys seen recently, with their first request's outcome.
     pub recent_keys: RecentKeys<Refused>,

@@ -3,6 +3,7 @@
 //! # Layout
 //! - [`console`]   the review desk: second listener, token auth, JSON API (`/api/v1`)
 //! - [`config`]    settings: defaults → file → `TICKET_INGEST_*` env → flags
+//! - [`database_url`] `database_url` parsed as libpq does: host list, `target_session_attrs`
 //! - [`telemetry`] tracing subscriber (pretty | json)
 //! - [`startup`]   `Application::build` / `run_until_stopped`; shutdown order
 //! - [`http`]      hyper routes, limits, refusals → status codes
@@ -21,6 +22,7 @@
 pub mod admission;
 pub mod config;
 pub mod console;
+pub mod database_url;
 pub mod http;
 pub mod idempotency;
 pub mod job;

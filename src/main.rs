@@ -162,7 +162,9 @@ fn run(command: Command, settings: Settings, loader: reload::Loader) -> anyhow::
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let pool = sqlx::PgPool::connect(settings.require_database_url()?).await.context("connecting to PostgreSQL")?;
+    let database = settings.database()?;
+    let (pool, _follower) = store::lazy_pool(&database, sqlx::postgres::PgPoolOptions::new().max_connections(1));
+    store::point_at_primary(&pool, &database).await.context("connecting to PostgreSQL")?;
     store::migrate(&pool).await.context("applying migrations")?;
     tracing::info!(message = "migrations applied");
     Ok(())
@@ -176,7 +178,7 @@ async fn reprocess(settings: &Settings, args: ReprocessArgs) -> anyhow::Result<(
         batch_size: args.batch_size,
         dry_run: args.dry_run,
     };
-    let summary = reprocess::run(settings.require_database_url()?, &options).await?;
+    let summary = reprocess::run(&settings.database()?, &settings.read_database()?, &options).await?;
     if options.dry_run {
         println!("dry run, nothing written");
     }

@@ -28,6 +28,11 @@
 //! that ticket. A batch that hits a transient database error (deadlock with
 //! the live writers, connection lost) is retried; `--dry-run` only reports.
 //!
+//! The tickets to re-parse are read from `read_database_url` when it is
+//! set (a replica): their raw bytes never change, and step 1 onwards runs
+//! on `database_url`, on the rows as they are there, so a lagging replica
+//! can only make a run miss the newest tickets.
+//!
 //! [`reprocess_tickets`] does the same for tickets chosen by id, whatever
 //! their status, in the caller's transaction (the review console).
 
@@ -40,6 +45,7 @@ use sqlx::{Connection, PgConnection};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::database_url::DatabaseUrl;
 use crate::store::{self, Failure, HistoryKey, HistoryMerge};
 use crate::ticket::{NewTicket, ParsedTicket};
 
@@ -193,10 +199,11 @@ pub async fn reprocess_tickets(connection: &mut PgConnection, ids: &[Uuid]) -> R
 }
 
 /// Runs the whole reprocessing; returns what it did.
-pub async fn run(database_url: &str, options: &Options) -> anyhow::Result<Summary> {
-    let mut connection = PgConnection::connect(database_url).await.context("connecting to PostgreSQL")?;
+pub async fn run(database: &DatabaseUrl, read_database: &DatabaseUrl, options: &Options) -> anyhow::Result<Summary> {
+    let mut reads = store::connect(read_database).await.context("connecting to PostgreSQL (read_database_url)")?;
+    let mut connection = store::connect(database).await.context("connecting to PostgreSQL")?;
     let since = options.since.unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let mut cursor = start_cursor(&mut connection, options.after_id, since).await?;
+    let mut cursor = start_cursor(&mut reads, options.after_id, since).await?;
     let total: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM tickets
          WHERE status = $1 AND status <> 'ok' AND received_at >= $2 AND (received_at, id) > ($3, $4)",
@@ -205,7 +212,7 @@ pub async fn run(database_url: &str, options: &Options) -> anyhow::Result<Summar
     .bind(since)
     .bind(cursor.0)
     .bind(cursor.1)
-    .fetch_one(&mut connection)
+    .fetch_one(&mut reads)
     .await?;
     let progress = progress_bar(total as u64);
     let mut summary = Summary::default();
@@ -216,13 +223,13 @@ pub async fn run(database_url: &str, options: &Options) -> anyhow::Result<Summar
             .bind(cursor.0)
             .bind(cursor.1)
             .bind(options.batch_size)
-            .fetch_all(&mut connection)
+            .fetch_all(&mut reads)
             .await?;
         let Some(last) = batch.last() else { break };
         cursor = (last.received_at, last.id);
         let changed = changed_tickets(&batch, &mut summary);
         if !options.dry_run && !changed.is_empty() {
-            summary.lines_written += write_with_retry(&mut connection, database_url, &changed).await?;
+            summary.lines_written += write_with_retry(&mut connection, database, &changed).await?;
         }
         match &progress {
             Some(bar) => bar.inc(batch.len() as u64),
@@ -296,7 +303,7 @@ fn differs(stored: &StoredTicket, parsed: &ParsedTicket) -> bool {
 
 async fn write_with_retry(
     connection: &mut PgConnection,
-    database_url: &str,
+    database: &DatabaseUrl,
     changed: &[NewTicket],
 ) -> anyhow::Result<u64> {
     let mut attempt = 0;
@@ -308,7 +315,7 @@ async fn write_with_retry(
                 let delay = store::backoff(attempt);
                 tracing::warn!(message = "reprocess batch failed, retrying", attempt, delay_ms = delay.as_millis() as u64, %error);
                 tokio::time::sleep(delay).await;
-                if let Ok(fresh) = store::connect(database_url).await {
+                if let Ok(fresh) = store::connect(database).await {
                     *connection = fresh;
                 }
             }

@@ -52,17 +52,14 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let database_url = settings.require_database_url()?.to_string();
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.db_pool_size)
-            .acquire_timeout(store::CONNECT_TIMEOUT)
-            .connect_lazy(&database_url)
-            .context("database_url")?;
+        let database = settings.database()?;
+        let pool_options =
+            PgPoolOptions::new().max_connections(settings.db_pool_size).acquire_timeout(store::CONNECT_TIMEOUT);
+        let (pool, pool_follower) = store::lazy_pool(&database, pool_options);
         let schema_ready = Arc::new(AtomicBool::new(!settings.migrate_on_start));
         if settings.migrate_on_start {
-            match pool.acquire().await {
-                Ok(connection) => {
-                    drop(connection);
+            match store::point_at_primary(&pool, &database).await {
+                Ok(()) => {
                     store::migrate(&pool).await.context("applying migrations")?;
                     schema_ready.store(true, Ordering::Release);
                 }
@@ -93,7 +90,7 @@ impl Application {
         let tuning = BatchTuning::new(&settings);
         let writers = Writers::spawn(
             &settings,
-            &database_url,
+            &database,
             receiver,
             Arc::clone(&admission),
             wal.clone(),
@@ -124,6 +121,7 @@ impl Application {
             queue,
             metrics,
             pool,
+            pool_follower,
             wal,
             recent_keys,
             verifier,

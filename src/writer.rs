@@ -15,9 +15,12 @@
 //!
 //! A flush never gives up on a ticket:
 //! - a transient error (connection lost, I/O, serialization failure,
-//!   deadlock, server shutting down, anything not caused by the data)
-//!   retries the same batch with capped exponential backoff and jitter. The
-//!   permits stay held, so a long outage turns into `503`s at the front door;
+//!   deadlock, server shutting down, a standby refusing to write, anything
+//!   not caused by the data) retries the same batch with capped exponential
+//!   backoff and jitter, on a new connection found through `database_url`'s
+//!   host list ([`store::connect`]): after a failover, the promoted standby.
+//!   The permits stay held, so a long outage turns into `503`s at the front
+//!   door;
 //! - a data error (SQLSTATE class 22 or 23) splits the batch in halves until
 //!   the ticket at fault is alone; that ticket is stored as `invalid` with
 //!   its raw body and the database's message.
@@ -54,6 +57,7 @@ use uuid::Uuid;
 
 use crate::admission::Admission;
 use crate::config::Settings;
+use crate::database_url::DatabaseUrl;
 use crate::job::{Job, Stored};
 use crate::metrics::{KindLabels, Metrics, WriterLabels};
 use crate::store::{self, Failure, Written};
@@ -130,7 +134,7 @@ pub struct Writers {
 impl Writers {
     pub fn spawn(
         settings: &Settings,
-        database_url: &str,
+        database: &DatabaseUrl,
         queue: Receiver<Job>,
         admission: Arc<Admission>,
         wal: Wal<Job>,
@@ -146,7 +150,7 @@ impl Writers {
                 admission: Arc::clone(&admission),
                 wal: wal.clone(),
                 metrics: Arc::clone(&metrics),
-                database_url: database_url.to_string(),
+                database: database.clone(),
                 tuning: Arc::clone(&tuning),
                 grace: settings.shutdown_grace(),
                 connection: None,
@@ -174,7 +178,9 @@ struct Writer {
     admission: Arc<Admission>,
     wal: Wal<Job>,
     metrics: Arc<Metrics>,
-    database_url: String,
+    /// Where to write: the first suitable host of `database_url`,
+    /// looked up again at every reconnection.
+    database: DatabaseUrl,
     tuning: Arc<BatchTuning>,
     /// How long after the shutdown began a batch that may be abandoned is
     /// still tried (`shutdown_grace_ms`).
@@ -413,12 +419,12 @@ impl Writer {
     fn try_write(&mut self, tickets: &[&NewTicket], limit: Option<Duration>) -> Result<Written, WriteError> {
         let runtime = &self.runtime;
         let connection = &mut self.connection;
-        let database_url = &self.database_url;
+        let database = &self.database;
         runtime.block_on(async {
             let attempt = async {
                 let mut open = match connection.take() {
                     Some(open) => open,
-                    None => store::connect(database_url).await.map_err(WriteError::Transient)?,
+                    None => store::connect(database).await.map_err(WriteError::Transient)?,
                 };
                 let result = store::write_batch(&mut open, tickets).await.map_err(classify);
                 *connection = Some(open);

@@ -54,14 +54,14 @@ async fn handle(
         ["tickets"] => {
             only_get(&method)?;
             let filter = ticket_filter(&mut params)?;
-            let mut transaction = queries::read_only(pool).await?;
+            let mut transaction = queries::read_only(&state.read_pool).await?;
             Ok(json(StatusCode::OK, &queries::list_tickets(&mut transaction, &filter).await?))
         }
         ["tickets", id] => {
             only_get(&method)?;
             params.finish()?;
             let id = ticket_id(id)?;
-            let mut transaction = queries::read_only(pool).await?;
+            let mut transaction = queries::read_only(&state.read_pool).await?;
             let ticket = queries::ticket(&mut transaction, id).await?.ok_or(ConsoleError::NotFound("ticket"))?;
             Ok(json(StatusCode::OK, &ticket))
         }
@@ -69,7 +69,7 @@ async fn handle(
             only_get(&method)?;
             params.finish()?;
             let id = ticket_id(id)?;
-            let mut transaction = queries::read_only(pool).await?;
+            let mut transaction = queries::read_only(&state.read_pool).await?;
             let raw = queries::raw_ticket(&mut transaction, id).await?.ok_or(ConsoleError::NotFound("ticket"))?;
             Ok(raw_response(id, raw))
         }
@@ -105,14 +105,14 @@ async fn handle(
             only_get(&method)?;
             let filter = ProductFilter { q: params.take("q"), after: params.take("after"), limit: limit(&mut params)? };
             params.finish()?;
-            let mut transaction = queries::read_only(pool).await?;
+            let mut transaction = queries::read_only(&state.read_pool).await?;
             Ok(json(StatusCode::OK, &queries::list_products(&mut transaction, &filter).await?))
         }
         ["products", product_id] => {
             only_get(&method)?;
             params.finish()?;
             let product_id = percent_decoded(product_id)?;
-            let mut transaction = queries::read_only(pool).await?;
+            let mut transaction = queries::read_only(&state.read_pool).await?;
             let product =
                 queries::product(&mut transaction, &product_id).await?.ok_or(ConsoleError::NotFound("product"))?;
             Ok(json(StatusCode::OK, &product))
@@ -125,7 +125,7 @@ async fn handle(
                     .ok_or_else(|| ConsoleError::BadRequest("window: 1h, 24h or 7d".to_string()))?,
             };
             params.finish()?;
-            let mut transaction = queries::read_only(pool).await?;
+            let mut transaction = queries::read_only(&state.read_pool).await?;
             Ok(json(StatusCode::OK, &queries::stats(&mut transaction, window).await?))
         }
         _ => Err(ConsoleError::NotFound("route")),

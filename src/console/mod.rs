@@ -73,6 +73,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Settings;
 use crate::http::HttpResponse;
+use crate::store;
 use auth::Tokens;
 
 /// Connections the console serves at once; more wait in the backlog.
@@ -87,8 +88,15 @@ const CONTENT_SECURITY_POLICY: &str =
 /// What every console request handler shares.
 pub struct ConsoleState {
     pub settings: Settings,
-    /// The console's own pool (`admin_db_pool_size`, `statement_timeout`).
+    /// The console's own pool on `database_url` (`admin_db_pool_size`,
+    /// `statement_timeout`), for its writes: reviews, reprocessing,
+    /// corrections.
     pub pool: PgPool,
+    /// The pool its pages and listings read from: one more of the same
+    /// size on `read_database_url` when set (a replica), else `pool`.
+    pub read_pool: PgPool,
+    /// Keep the pools on the primary when a URL lists several hosts.
+    _followers: Vec<store::PrimaryFollower>,
     pub tokens: Tokens,
     /// The live numbers of the service the console runs in (`serve`);
     /// `None` when it runs alone (`ticket-ingest console`).
@@ -238,16 +246,28 @@ impl Console {
         let tokens =
             Tokens::parse(&settings.admin_tokens).map_err(|reason| anyhow::anyhow!("admin_tokens: {reason}"))?;
         let address = settings.admin_address().context("admin_listen")?;
-        let options: PgConnectOptions = settings.require_database_url()?.parse().context("database_url")?;
-        let options = options
-            .application_name("ticket-ingest console")
-            .options([("statement_timeout", settings.admin_statement_timeout_ms.to_string())]);
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.admin_db_pool_size)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options);
+        let console_options = |options: PgConnectOptions| {
+            options
+                .application_name("ticket-ingest console")
+                .options([("statement_timeout", settings.admin_statement_timeout_ms.to_string())])
+        };
+        let pool_options =
+            || PgPoolOptions::new().max_connections(settings.admin_db_pool_size).acquire_timeout(ACQUIRE_TIMEOUT);
+        let database = settings.database()?.with_options(console_options);
+        let (pool, follower) = store::lazy_pool(&database, pool_options());
+        let mut followers = vec![follower];
+        let read_pool = match settings.read_database_url {
+            Some(_) => {
+                let read_database = settings.read_database()?.with_options(console_options);
+                let (read_pool, read_follower) = store::lazy_pool(&read_database, pool_options());
+                followers.push(read_follower);
+                read_pool
+            }
+            None => pool.clone(),
+        };
         let listener = TcpListener::bind(address).await.with_context(|| format!("binding {address} (admin_listen)"))?;
-        let state = Arc::new(ConsoleState { settings: settings.clone(), pool, tokens, live });
+        let state =
+            Arc::new(ConsoleState { settings: settings.clone(), pool, read_pool, _followers: followers, tokens, live });
         Ok(Console { listener, state })
     }
 
@@ -302,6 +322,7 @@ impl Console {
             tracing::warn!(message = "console requests still running at shutdown are cut");
         }
         state.pool.close().await;
+        state.read_pool.close().await;
         Ok(())
     }
 }

@@ -99,7 +99,7 @@ async fn overview(state: &ConsoleState, caller: &Caller, params: &Params) -> Res
             StatsWindow::parse(text).ok_or_else(|| ConsoleError::BadRequest("window: 1h, 24h or 7d".to_string()))?
         }
     };
-    let mut transaction = queries::read_only(&state.pool).await?;
+    let mut transaction = queries::read_only(&state.read_pool).await?;
     let stats = queries::stats(&mut transaction, window).await?;
     drop(transaction);
     let mut body = String::from("<p>Window:");
@@ -196,7 +196,7 @@ async fn ticket_list(state: &ConsoleState, caller: &Caller, params: &Params) -> 
         after,
         limit: queries::DEFAULT_LIMIT,
     };
-    let mut transaction = queries::read_only(&state.pool).await?;
+    let mut transaction = queries::read_only(&state.read_pool).await?;
     let listing = queries::list_tickets(&mut transaction, &filter).await?;
     drop(transaction);
     let kept = ["status", "problem", "order", "since", "until"].map(|key| (key, params.get(key).unwrap_or("")));
@@ -278,7 +278,7 @@ async fn ticket_page(
     id: Uuid,
     params: &Params,
 ) -> Result<HttpResponse, ConsoleError> {
-    let mut transaction = queries::read_only(&state.pool).await?;
+    let mut transaction = queries::read_only(&state.read_pool).await?;
     let ticket = queries::ticket(&mut transaction, id).await?.ok_or(ConsoleError::NotFound("ticket"))?;
     let raw = queries::raw_ticket(&mut transaction, id).await?.unwrap_or_default();
     drop(transaction);
@@ -373,7 +373,7 @@ async fn product_list(state: &ConsoleState, caller: &Caller, params: &Params) ->
         after: params.get("after").map(str::to_string),
         limit: queries::DEFAULT_LIMIT,
     };
-    let mut transaction = queries::read_only(&state.pool).await?;
+    let mut transaction = queries::read_only(&state.read_pool).await?;
     let listing = queries::list_products(&mut transaction, &filter).await?;
     drop(transaction);
     let mut body = format!(
@@ -415,7 +415,7 @@ async fn product_list(state: &ConsoleState, caller: &Caller, params: &Params) ->
 
 /// `GET /products/{product_id}`.
 async fn product_page(state: &ConsoleState, caller: &Caller, product_id: &str) -> Result<HttpResponse, ConsoleError> {
-    let mut transaction = queries::read_only(&state.pool).await?;
+    let mut transaction = queries::read_only(&state.read_pool).await?;
     let detail = queries::product(&mut transaction, product_id).await?.ok_or(ConsoleError::NotFound("product"))?;
     drop(transaction);
     let product = &detail.product;

@@ -598,3 +598,40 @@ async fn a_body_that_is_not_text_is_shown_as_a_hex_dump() {
     assert!(page.contains("|Or...&lt;s&gt;|"), "{page}");
     assert!(!page.contains("id=\"raw\""), "{page}");
 }
+
+#[tokio::test]
+async fn with_a_read_database_the_desk_reads_there_and_writes_to_database_url() {
+    let replica = spawn_app_with(|settings| settings.ack = AckMode::Commit).await;
+    let on_the_replica_only = replica.post_ticket(SAMPLE_TICKET).await.json::<Value>().await.expect("JSON")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let replica_url = replica.database_url.clone();
+    let app = spawn_app_with(|settings| {
+        settings.ack = AckMode::Commit;
+        settings.admin_tokens = vec![format!("alice:{ALICE_SECRET}")];
+        settings.read_database_url = Some(replica_url);
+    })
+    .await;
+    let base = app.admin_address.clone().expect("the console runs when it has tokens");
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let desk = Desk { app, base, client };
+
+    let written_by_the_desk_host = desk.ingest(INVALID_TICKET).await;
+    let listed = desk.get_json("/api/v1/tickets").await;
+    let review = desk
+        .post_json(
+            &format!("/api/v1/tickets/{written_by_the_desk_host}/review"),
+            &serde_json::json!({ "decision": "rejected" }),
+        )
+        .await;
+
+    assert_eq!(ids(&listed), [on_the_replica_only], "listings come from read_database_url");
+    assert_eq!(review.status(), 201, "a review is written to database_url, where the ticket is");
+    let reviews: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ticket_reviews").fetch_one(&desk.app.db).await.expect("count");
+    assert_eq!(reviews, 1);
+    let reviews_on_replica: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM ticket_reviews").fetch_one(&replica.db).await.expect("count");
+    assert_eq!(reviews_on_replica, 0);
+}

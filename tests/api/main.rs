@@ -9,6 +9,7 @@ mod console_pages;
 mod contract;
 mod disk;
 mod durability;
+mod failover;
 mod helpers;
 mod idempotency;
 mod limits;

@@ -3,6 +3,7 @@
 use std::process::Command;
 
 use sqlx::PgPool;
+use ticket_ingest::database_url::DatabaseUrl;
 use uuid::Uuid;
 
 use crate::helpers::{fresh_database, history, history_of_stored_lines, SAMPLE_TICKET};
@@ -173,7 +174,8 @@ async fn reprocess_moves_the_history_from_the_old_lines_to_the_new_ones() {
     let (database_url, db) = database_with_old_tickets().await;
     // The same ticket, stored by today's writers: its rows stay.
     let today = ticket_ingest::ticket::NewTicket::arrived(bytes::Bytes::from(SAMPLE_TICKET), None);
-    let mut connection = ticket_ingest::store::connect(&database_url).await.expect("connection");
+    let mut connection =
+        ticket_ingest::store::connect(&DatabaseUrl::parse(&database_url).expect("url")).await.expect("connection");
     ticket_ingest::store::write_batch(&mut connection, &[&today]).await.expect("today's ticket");
     insert_misread_ticket(&db).await;
     let counts = |rows: &[(&str, &str, &str, i64)]| -> Vec<(String, String, String, i64)> {
@@ -199,7 +201,8 @@ async fn reprocess_moves_the_history_from_the_old_lines_to_the_new_ones() {
 async fn one_ticket_reprocessed_by_id_is_stored_as_parsed_today_once() {
     let (database_url, db) = database_with_old_tickets().await;
     let id = insert_misread_ticket(&db).await;
-    let mut connection = ticket_ingest::store::connect(&database_url).await.expect("connection");
+    let mut connection =
+        ticket_ingest::store::connect(&DatabaseUrl::parse(&database_url).expect("url")).await.expect("connection");
 
     let first =
         ticket_ingest::reprocess::reprocess_tickets(&mut connection, &[id, Uuid::now_v7()]).await.expect("reprocessed");
