@@ -39,6 +39,8 @@ pub struct Admission {
     closed: AtomicBool,
     /// When it was closed.
     closed_at: OnceLock<Instant>,
+    /// Tells [`Admission::closed`] waiters.
+    closed_signal: tokio::sync::watch::Sender<bool>,
 }
 
 /// Why no permit was granted.
@@ -66,6 +68,7 @@ impl Admission {
             max_bytes,
             closed: AtomicBool::new(false),
             closed_at: OnceLock::new(),
+            closed_signal: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -96,6 +99,20 @@ impl Admission {
     pub fn close(&self) {
         let _ = self.closed_at.set(Instant::now());
         self.closed.store(true, Ordering::SeqCst);
+        self.closed_signal.send_replace(true);
+    }
+
+    /// Resolves once the budget is closed (the shutdown began).
+    pub async fn closed(&self) {
+        let mut closed = self.closed_signal.subscribe();
+        let _ = closed.wait_for(|closed| *closed).await;
+    }
+
+    /// Resolves `grace` after the budget was closed.
+    pub async fn grace_over(&self, grace: Duration) {
+        self.closed().await;
+        let closed_for = self.closed_for().unwrap_or_default();
+        tokio::time::sleep(grace.saturating_sub(closed_for)).await;
     }
 
     /// How long ago the budget was closed (the shutdown began), if it was.

@@ -303,8 +303,8 @@ impl Writer {
     fn write_retrying(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool) -> Result<Written, Ended> {
         let mut attempt: u32 = 0;
         loop {
-            let grace_left = self.admission.closed_for().map(|closed_for| self.grace.saturating_sub(closed_for));
-            if grace_left.is_some_and(|left| left.is_zero()) && !may_be_abandoned {
+            let grace_over = self.admission.closed_for().is_some_and(|closed_for| closed_for >= self.grace);
+            if grace_over && !may_be_abandoned {
                 match self.log_for_next_start(tickets) {
                     Ok(()) => return Err(Ended::Abandoned("grace period over, kept in the WAL".to_string())),
                     Err(error) => {
@@ -312,8 +312,9 @@ impl Writer {
                     }
                 }
             }
-            let limit = grace_left.filter(|left| may_be_abandoned || !left.is_zero());
-            match self.try_write(tickets, limit) {
+            // Memory tickets the WAL could not take are retried unbounded.
+            let bounded = may_be_abandoned || !grace_over;
+            match self.try_write(tickets, bounded) {
                 Ok(written) => return Ok(written),
                 Err(WriteError::Data(error)) => return Err(Ended::Data(error)),
                 Err(WriteError::GraceOver) if may_be_abandoned => {
@@ -325,7 +326,7 @@ impl Writer {
                 }
                 Err(WriteError::Transient(error)) => {
                     attempt = attempt.saturating_add(1);
-                    self.wait_before_retry(attempt, &error);
+                    self.wait_before_retry(attempt, &error, bounded);
                 }
             }
         }
@@ -414,9 +415,13 @@ impl Writer {
         }
     }
 
-    /// One attempt, on the writer's connection (opened first if needed),
-    /// ended with [`WriteError::GraceOver`] after `limit`.
-    fn try_write(&mut self, tickets: &[&NewTicket], limit: Option<Duration>) -> Result<Written, WriteError> {
+    /// One attempt, on the writer's connection (opened first if needed).
+    /// `bounded`: ended with [`WriteError::GraceOver`] once the shutdown's
+    /// grace period is over — also when the attempt began before the
+    /// shutdown (a database that stopped answering without refusing).
+    fn try_write(&mut self, tickets: &[&NewTicket], bounded: bool) -> Result<Written, WriteError> {
+        let admission = &self.admission;
+        let grace = self.grace;
         let runtime = &self.runtime;
         let connection = &mut self.connection;
         let database = &self.database;
@@ -430,23 +435,35 @@ impl Writer {
                 *connection = Some(open);
                 result
             };
-            match limit {
-                // Dropping the attempt drops its connection, and with it any
-                // transaction left open.
-                Some(left) => tokio::time::timeout(left, attempt).await.unwrap_or(Err(WriteError::GraceOver)),
-                None => attempt.await,
+            if !bounded {
+                return attempt.await;
+            }
+            // Dropping the attempt drops its connection, and with it any
+            // transaction left open.
+            tokio::select! {
+                result = attempt => result,
+                () = admission.grace_over(grace) => Err(WriteError::GraceOver),
             }
         })
     }
 
-    fn wait_before_retry(&mut self, attempt: u32, error: &sqlx::Error) {
+    /// Backs off before the next attempt; `bounded`: not past the shutdown's
+    /// grace period.
+    fn wait_before_retry(&mut self, attempt: u32, error: &sqlx::Error, bounded: bool) {
         self.metrics.retries.inc();
         self.metrics.db_errors.get_or_create(&KindLabels { kind: "transient" }).inc();
         // The connection may be broken or mid-transaction: start afresh.
         self.connection = None;
         let delay = store::backoff(attempt);
         tracing::warn!(message = "database write failed, retrying", writer = self.number, attempt, delay_ms = delay.as_millis() as u64, %error);
-        std::thread::sleep(delay);
+        let admission = &self.admission;
+        let grace = self.grace;
+        self.runtime.block_on(async {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = admission.grace_over(grace), if bounded => {}
+            }
+        });
     }
 
     /// Tells the WAL what is committed, answers the `ack = commit`

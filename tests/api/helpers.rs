@@ -470,7 +470,18 @@ pub async fn assert_every_accepted_ticket_stored_once(db: &PgPool, accepted: &[u
 /// (every connection dropped, new ones refused) and restore.
 pub struct DbProxy {
     pub port: u16,
-    up: watch::Sender<bool>,
+    state: watch::Sender<ProxyState>,
+}
+
+/// What the proxy does with connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProxyState {
+    Up,
+    /// Every connection dropped, new ones refused.
+    Cut,
+    /// Connections held open, nothing forwarded either way: a database
+    /// that stopped answering without refusing (a network partition).
+    Stalled,
 }
 
 impl DbProxy {
@@ -478,25 +489,37 @@ impl DbProxy {
         let upstream = upstream_address(database_url);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("proxy address").port();
-        let (up, up_watch) = watch::channel(true);
+        let (state, state_watch) = watch::channel(ProxyState::Up);
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if !*up_watch.borrow() {
-                    drop(inbound);
-                    continue;
+                let now = *state_watch.borrow();
+                match now {
+                    ProxyState::Cut => continue,
+                    ProxyState::Stalled => {
+                        tokio::spawn(async move {
+                            let _held = inbound;
+                            std::future::pending::<()>().await;
+                        });
+                        continue;
+                    }
+                    ProxyState::Up => {}
                 }
                 let upstream = upstream.clone();
-                let mut up_watch = up_watch.clone();
+                let mut state_watch = state_watch.clone();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(&upstream).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = up_watch.wait_for(|up| !*up) => {}
+                    let changed = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                        changed = state_watch.wait_for(|state| *state != ProxyState::Up) => changed.map(|state| *state),
+                    };
+                    if matches!(changed, Ok(ProxyState::Stalled)) {
+                        let _held = (inbound, outbound);
+                        std::future::pending::<()>().await;
                     }
                 });
             }
         });
-        DbProxy { port, up }
+        DbProxy { port, state }
     }
 
     /// The database URL that goes through the proxy.
@@ -506,11 +529,16 @@ impl DbProxy {
     }
 
     pub fn cut(&self) {
-        let _ = self.up.send(false);
+        let _ = self.state.send(ProxyState::Cut);
+    }
+
+    /// Stops forwarding, keeping every connection open.
+    pub fn stall(&self) {
+        let _ = self.state.send(ProxyState::Stalled);
     }
 
     pub fn restore(&self) {
-        let _ = self.up.send(true);
+        let _ = self.state.send(ProxyState::Up);
     }
 }
 

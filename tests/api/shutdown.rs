@@ -86,3 +86,40 @@ async fn sigterm_with_the_database_down_and_ack_memory_keeps_the_acknowledged_ti
     assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
     drop(restarted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_mid_write_does_not_hold_the_shutdown_past_its_grace_period() {
+    let database_url = fresh_database().await;
+    let proxy = DbProxy::start(&database_url).await;
+    let grace = [("TICKET_INGEST_SHUTDOWN_GRACE_MS", "1000")];
+    let mut service = ServiceProcess::start(&proxy.url(&database_url), &temp_dir("wal"), AckMode::Commit, &grace).await;
+    // A first ticket opens the writer's connection; then the database goes
+    // silent, and the next write hangs on it.
+    assert_eq!(
+        reqwest::Client::new()
+            .post(format!("{}/ticket", service.address))
+            .body(numbered_ticket(1))
+            .send()
+            .await
+            .expect("sent")
+            .status(),
+        202
+    );
+    proxy.stall();
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+    let waiting = tokio::spawn(client.post(format!("{}/ticket", service.address)).body(numbered_ticket(2)).send());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    service.signal("TERM");
+    let started = std::time::Instant::now();
+    let exit_code = service.wait_exit(Duration::from_secs(15)).await;
+    let answer = waiting.await.expect("task");
+
+    assert_eq!(exit_code, Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5), "shutdown took {:?}", started.elapsed());
+    assert_eq!(
+        answer.expect("answered before the exit").status(),
+        503,
+        "the waiting request is refused, not acknowledged"
+    );
+}
