@@ -14,7 +14,11 @@
 # the service, of the local PostgreSQL cluster's processes, and of the whole
 # machine (wrk and the kernel included): less noisy than the rates.
 # Environment: ACK (default wal), FLAGS (extra serve flags, applied to both),
-# WAL_DIR (default a temporary directory). Build copies first:
+# WAL_DIR (default a temporary directory), CONNECTIONS (wrk's, default 50;
+# 200 for the second point), RATE (say "20000 40000": after wrk, each
+# offered rate is also held for 8 s by oha at 100 connections with latency
+# correction, against nginx and each command, printing p50/p99/p99.9; the
+# sample ticket only). Build copies first:
 # cp target/release/ticket-ingest /tmp/a.
 # Database: as loadtest/bench.sh.
 set -euo pipefail
@@ -37,6 +41,10 @@ source loadtest/need.sh
 need wrk
 need nginx nginx-light
 need python3
+if [ -n "${RATE:-}" ]; then
+    [ -n "${TICKETS_FILE:-}" ] || { echo "RATE needs the sample ticket (TICKETS_FILE)" >&2; exit 2; }
+    need_cargo oha
+fi
 # TICKETS_FILE= (empty) posts realistic generated tickets instead.
 if [ "${TICKETS_FILE-loadtest/ticket.txt}" = "" ]; then
     unset TICKETS_FILE
@@ -54,7 +62,23 @@ events { worker_connections 1024; }
 http { access_log off; client_body_temp_path $work;
        server { listen 127.0.0.1:$nginx_port; location / { return 200; } } }
 NGINX
-load() { wrk -t1 -c50 -d"${duration}s" --latency -s loadtest/tickets.lua "$1"; }
+load() { wrk -t1 -c"${CONNECTIONS:-50}" -d"${duration}s" --latency -s loadtest/tickets.lua "$1"; }
+# At each offered rate of RATE: oha's latency percentiles, corrected for the
+# requests a slow answer delays (no coordinated omission).
+fixed_rates() {
+    local rate
+    for rate in ${RATE:-}; do
+        oha -z 8s -q "$rate" -c 100 --latency-correction --no-tui --output-format json \
+            -m POST -D "$TICKETS_FILE" "$1" 2>/dev/null | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+p = d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+ms = lambda v: "%.2f" % (1000 * (v or 0))
+print("    at %s req/s: p50 %s p99 %s p99.9 %s ms  answers %s" % (sys.argv[1], ms(p["p50"]), ms(p["p99"]), ms(p["p99.9"]), codes))
+' "$rate"
+    done
+}
 
 # CPU time, in clock ticks: of processes; of the private cluster's processes
 # (none counted for a TICKET_INGEST_DATABASE_URL server, which may be
@@ -79,8 +103,9 @@ for round in $(seq 1 "$rounds"); do
     nginx -c "$work/nginx.conf"; sleep 0.3
     load "http://127.0.0.1:$nginx_port/ticket" >"$work/nginx.txt"
     nginx_rps="$(awk '/^Requests\/sec:/ { printf "%d", $2 }' "$work/nginx.txt")"
-    nginx -c "$work/nginx.conf" -s stop 2>/dev/null; sleep 0.3
     echo "round $round: nginx $nginx_rps req/s  $(awk '$1 == "50%" || $1 == "99%" { printf "p%s %s ", substr($1, 1, 2), $2 }' "$work/nginx.txt")"
+    fixed_rates "http://127.0.0.1:$nginx_port/ticket"
+    nginx -c "$work/nginx.conf" -s stop 2>/dev/null; sleep 0.3
     for command in "$1" "$2"; do
         database="ab_$(date +%s%N)"
         psql "$server_url/postgres" -qc "CREATE DATABASE $database"
@@ -117,6 +142,7 @@ for round in $(seq 1 "$rounds"); do
         printf '  %-40s CPU per ticket: service %d µs, PostgreSQL %d µs, machine %d µs\n' "" \
             "$(per_ticket_us "$service_cpu" "${accepted:-0}")" "$(per_ticket_us "$cluster_cpu" "${accepted:-0}")" \
             "$(per_ticket_us "$machine_cpu" "${accepted:-0}")"
+        fixed_rates "http://127.0.0.1:$port/ticket"
         kill -TERM "$pid"; wait "$pid" || true
         psql "$server_url/postgres" -qc "DROP DATABASE $database"
     done
