@@ -41,15 +41,15 @@ source loadtest/need.sh
 need wrk
 need nginx nginx-light
 need python3
-if [ -n "${RATE:-}" ]; then
-    [ -n "${TICKETS_FILE:-}" ] || { echo "RATE needs the sample ticket (TICKETS_FILE)" >&2; exit 2; }
-    need_cargo oha
-fi
 # TICKETS_FILE= (empty) posts realistic generated tickets instead.
 if [ "${TICKETS_FILE-loadtest/ticket.txt}" = "" ]; then
     unset TICKETS_FILE
 else
     export TICKETS_FILE="${TICKETS_FILE:-loadtest/ticket.txt}"
+fi
+if [ -n "${RATE:-}" ]; then
+    [ -n "${TICKETS_FILE:-}" ] || { echo "RATE needs the sample ticket (TICKETS_FILE)" >&2; exit 2; }
+    need_cargo oha
 fi
 work="$(mktemp -d /var/tmp/ticket-ingest-ab.XXXXXX)"
 wal_dir="${WAL_DIR:-$work/wal}"
