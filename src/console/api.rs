@@ -20,6 +20,7 @@ use super::actions::{self, Decision};
 use super::auth::{Caller, CSRF_HEADER};
 use super::queries::{self, ProductFilter, StatsWindow, TicketCursor, TicketFilter, TicketStatus};
 use super::{json, ConsoleError, ConsoleState};
+use super::{percent_decoded, ticket_id};
 use crate::http::HttpResponse;
 
 /// Largest JSON body of a review.
@@ -199,23 +200,6 @@ fn limit(params: &mut Params) -> Result<i64, ConsoleError> {
         Ok(limit) if (1..=queries::MAX_LIMIT).contains(&limit) => Ok(limit),
         _ => Err(ConsoleError::BadRequest(format!("limit: from 1 to {}", queries::MAX_LIMIT))),
     }
-}
-
-fn ticket_id(text: &str) -> Result<Uuid, ConsoleError> {
-    Uuid::try_parse(text).map_err(|_| ConsoleError::NotFound("ticket"))
-}
-
-fn percent_decoded(segment: &str) -> Result<String, ConsoleError> {
-    // A path segment is decoded as a query value is, except `+`.
-    let escaped = segment.replace('+', "%2B");
-    let decoded: String = form_urlencoded::parse(format!("x={escaped}").as_bytes())
-        .next()
-        .map(|(_, value)| value.into_owned())
-        .unwrap_or_default();
-    if decoded.is_empty() {
-        return Err(ConsoleError::NotFound("product"));
-    }
-    Ok(decoded)
 }
 
 async fn read_body(body: Incoming, max: usize) -> Result<Bytes, ConsoleError> {

@@ -461,6 +461,25 @@ fn text(status: StatusCode, body: &str) -> HttpResponse {
     response
 }
 
+/// A ticket id from a path segment; anything else is no such ticket.
+fn ticket_id(text: &str) -> Result<uuid::Uuid, ConsoleError> {
+    uuid::Uuid::try_parse(text).map_err(|_| ConsoleError::NotFound("ticket"))
+}
+
+/// A product id from a path segment, percent-decoded as a query value is,
+/// except `+` (which stays a plus).
+fn percent_decoded(segment: &str) -> Result<String, ConsoleError> {
+    let escaped = segment.replace('+', "%2B");
+    let decoded: String = form_urlencoded::parse(format!("x={escaped}").as_bytes())
+        .next()
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default();
+    if decoded.is_empty() {
+        return Err(ConsoleError::NotFound("product"));
+    }
+    Ok(decoded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

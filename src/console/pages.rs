@@ -38,7 +38,7 @@ use super::actions::{self, Decision};
 use super::auth::{Caller, CSRF_FIELD};
 use super::html::{self, document, path_segment, query_string};
 use super::queries::{self, ProductFilter, StatsWindow, TicketCursor, TicketFilter, TicketStatus};
-use super::{escape_html, ConsoleError, ConsoleState};
+use super::{escape_html, percent_decoded, ticket_id, ConsoleError, ConsoleState};
 use crate::http::HttpResponse;
 
 /// Largest review form body.
@@ -497,22 +497,6 @@ fn problem_codes(problems: &serde_json::Value) -> Vec<String> {
         }
     }
     distinct
-}
-
-fn ticket_id(text: &str) -> Result<Uuid, ConsoleError> {
-    Uuid::try_parse(text).map_err(|_| ConsoleError::NotFound("ticket"))
-}
-
-fn percent_decoded(segment: &str) -> Result<String, ConsoleError> {
-    let escaped = segment.replace('+', "%2B");
-    let decoded: String = form_urlencoded::parse(format!("x={escaped}").as_bytes())
-        .next()
-        .map(|(_, value)| value.into_owned())
-        .unwrap_or_default();
-    if decoded.is_empty() {
-        return Err(ConsoleError::NotFound("product"));
-    }
-    Ok(decoded)
 }
 
 fn time_param(params: &Params, name: &'static str) -> Result<Option<OffsetDateTime>, ConsoleError> {

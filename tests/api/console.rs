@@ -34,6 +34,22 @@ pub async fn spawn_desk() -> Desk {
     Desk { app, base, client }
 }
 
+/// A ticket as an older parser stored it: invalid, though today's parser
+/// understands it.
+pub async fn stored_by_an_old_parser(desk: &Desk) -> Uuid {
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO tickets (id, received_at, status, problems, raw)
+         VALUES ($1, now(), 'invalid', '[{\"line\": 0, \"code\": \"old_parser\", \"message\": \"?\"}]', $2)",
+    )
+    .bind(id)
+    .bind(SAMPLE_TICKET.as_bytes())
+    .execute(&desk.app.db)
+    .await
+    .expect("insert");
+    id
+}
+
 impl Desk {
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(format!("{}{path}", self.base)).bearer_auth(ALICE_SECRET).send().await.expect("sent")
@@ -311,17 +327,7 @@ async fn two_reviews_are_both_kept_with_who_and_when() {
 #[tokio::test]
 async fn reprocessing_shows_before_and_after_and_updates_the_catalogue() {
     let desk = spawn_desk().await;
-    // Stored by an older parser that understood nothing of it.
-    let id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO tickets (id, received_at, status, problems, raw)
-         VALUES ($1, now(), 'invalid', '[{\"line\": 0, \"code\": \"old_parser\", \"message\": \"?\"}]', $2)",
-    )
-    .bind(id)
-    .bind(SAMPLE_TICKET.as_bytes())
-    .execute(&desk.app.db)
-    .await
-    .expect("insert");
+    let id = stored_by_an_old_parser(&desk).await;
 
     let response = desk.post(&format!("/api/v1/tickets/{id}/reprocess"), "").await;
     let again = desk.post(&format!("/api/v1/tickets/{id}/reprocess"), "").await;

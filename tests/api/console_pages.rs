@@ -4,10 +4,9 @@
 //! run.
 
 use serde_json::Value;
-use uuid::Uuid;
 
 use crate::browser::Browser;
-use crate::console::{spawn_desk, Desk, ALICE_SECRET};
+use crate::console::{spawn_desk, stored_by_an_old_parser, Desk, ALICE_SECRET};
 use crate::helpers::SAMPLE_TICKET;
 
 const PARTIAL_TICKET: &str =
@@ -42,22 +41,6 @@ async fn price_history(desk: &Desk) -> i64 {
         .fetch_one(&desk.app.db)
         .await
         .expect("count")
-}
-
-/// A ticket as an older parser stored it: invalid, though today's parser
-/// understands it.
-async fn stored_by_an_old_parser(desk: &Desk) -> Uuid {
-    let id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO tickets (id, received_at, status, problems, raw)
-         VALUES ($1, now(), 'invalid', '[{\"line\": 0, \"code\": \"old_parser\", \"message\": \"?\"}]', $2)",
-    )
-    .bind(id)
-    .bind(SAMPLE_TICKET.as_bytes())
-    .execute(&desk.app.db)
-    .await
-    .expect("insert");
-    id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
