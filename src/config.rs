@@ -79,8 +79,9 @@ pub struct Settings {
     pub read_database_url: Option<String>,
     /// Threads of the HTTP runtime; 0 means one per CPU core.
     pub http_threads: usize,
-    /// Connections of the shared pool (migrations, readiness checks).
-    /// Each writer has its own connection on top of these.
+    /// Connections of the shared pool (migrations, readiness checks,
+    /// idempotency key lookups). Each writer has its own connection on top
+    /// of these.
     pub db_pool_size: u32,
     /// When a request is answered: `wal`, `commit` or `memory`.
     pub ack: AckMode,
@@ -128,6 +129,10 @@ pub struct Settings {
     pub wal_segment_bytes: u64,
     /// Past this many bytes on disk, tickets are refused with `503`.
     pub wal_max_bytes: u64,
+    /// How long an `Idempotency-Key` is kept in the database: a repeat
+    /// within it is answered with the first id, whichever instance takes
+    /// it and whatever restarts happened meanwhile.
+    pub idempotency_retention_hours: u64,
     /// Standard Webhooks secrets (`whsec_…`); when any is set, every
     /// `POST /ticket` must be signed with one of them, else `401`.
     pub signing_secrets: Vec<String>,
@@ -181,6 +186,7 @@ impl Default for Settings {
             wal_dir: PathBuf::from(".data/wal"),
             wal_segment_bytes: 64 * 1024 * 1024,
             wal_max_bytes: 1024 * 1024 * 1024,
+            idempotency_retention_hours: 7 * 24,
             signing_secrets: Vec::new(),
             signing_tolerance_s: 300,
             migrate_on_start: true,
@@ -297,6 +303,8 @@ impl Settings {
         })?;
         at_least("receive_max_bytes_per_peer", self.receive_max_bytes_per_peer as u64, 1)?;
         at_least("body_min_bytes_per_s", self.body_min_bytes_per_s, 1)?;
+        at_least("idempotency_retention_hours", self.idempotency_retention_hours, 1)?;
+        at_most("idempotency_retention_hours", self.idempotency_retention_hours, 100 * 365 * 24)?;
         // A body from a busy address (a proxy) must still get through alone.
         at_least(
             "receive_max_bytes_per_peer",
@@ -384,6 +392,10 @@ impl Settings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub fn idempotency_retention(&self) -> Duration {
+        Duration::from_secs(self.idempotency_retention_hours * 3600)
     }
 
     /// The console's address; `None` when `admin_listen` is empty.

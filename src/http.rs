@@ -36,6 +36,7 @@ use crate::idempotency::{Answer, Claimed, FirstVanished, RecentKeys, Repeat, Rep
 use crate::job::{Job, Stored};
 use crate::metrics::{self, KindLabels, Metrics, StatusLabels};
 use crate::signature::{SignatureError, Verifier};
+use crate::store::{self, StoredKey};
 use crate::ticket::{NewTicket, Problem, Status};
 use crate::wal::{Wal, WalError, WalRecord};
 use crate::writer::BatchTuning;
@@ -50,6 +51,9 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 const TICKET_BYTES: usize = 1024;
 /// How long `/readyz` waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a request waits for the database to say whether its
+/// idempotency key was stored before.
+const KEY_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// A body may arrive at any pace during its first seconds; after that it
 /// must have averaged `body_min_bytes_per_s`.
 const BODY_RATE_GRACE: Duration = Duration::from_secs(2);
@@ -245,7 +249,15 @@ async fn accept(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>)
     let claim = match &ticket.idempotency_key {
         None => None,
         Some(key) => match state.recent_keys.claim(key, ticket.id, &ticket.raw) {
-            Claimed::First(claim) => Some(claim),
+            Claimed::First(claim) => match stored_earlier(state, key).await {
+                None => Some(claim),
+                Some(stored) => {
+                    // Stored before this process remembers: a repeat of that ticket.
+                    drop((ticket, permit));
+                    let first = Answer { id: stored.ticket_id, status: stored.status };
+                    return answer_repeated(state, claim.stored_earlier(first, stored.body_sha256));
+                }
+            },
             Claimed::Repeat(repeat) => {
                 // A repeat stores nothing: it only waits for the first's answer.
                 drop((ticket, permit));
@@ -290,14 +302,39 @@ async fn accept(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>)
 /// mode promises.
 async fn answer_repeat(state: &AppState, repeat: Repeat<Refused>) -> Result<HttpResponse, Refused> {
     match repeat.outcome().await {
-        Ok(Ok(Repeated::Duplicate(first))) => {
-            state.metrics.duplicates.inc();
-            Ok(accepted(&Accepted { id: first.id, status: first.status, problems: &[], duplicate: true }))
-        }
-        Ok(Ok(Repeated::Conflict(first))) => Err(Refused::KeyConflict(first.id)),
+        Ok(Ok(repeated)) => answer_repeated(state, repeated),
         Ok(Err(refused)) => Err(refused),
         Err(FirstVanished) => Err(Refused::FirstVanished),
     }
+}
+
+/// The same body again: `202` with the first id; another body: `409`.
+fn answer_repeated(state: &AppState, repeated: Repeated) -> Result<HttpResponse, Refused> {
+    match repeated {
+        Repeated::Duplicate(first) => {
+            state.metrics.duplicates.inc();
+            Ok(accepted(&Accepted { id: first.id, status: first.status, problems: &[], duplicate: true }))
+        }
+        Repeated::Conflict(first) => Err(Refused::KeyConflict(first.id)),
+    }
+}
+
+/// The ticket the database holds under `key`, for a key this process does
+/// not remember. When the database cannot say (unreachable, or slower than
+/// [`KEY_LOOKUP_TIMEOUT`]), the keys in memory are all there is to go on:
+/// the ticket is accepted as the first with its key, and counted. Should
+/// the key turn out to be taken when the ticket is written, the ticket is
+/// stored all the same (it was answered `202` with its id) and the key
+/// keeps answering the first one (`store::Written::keys_taken`).
+async fn stored_earlier(state: &AppState, key: &str) -> Option<StoredKey> {
+    let failure = match tokio::time::timeout(KEY_LOOKUP_TIMEOUT, store::stored_key(&state.pool, key)).await {
+        Ok(Ok(found)) => return found,
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!("no answer within {KEY_LOOKUP_TIMEOUT:?}"),
+    };
+    state.metrics.keys_unchecked.inc();
+    tracing::debug!(message = "idempotency key not looked up: the database did not answer", %failure);
+    None
 }
 
 fn refused_by_budget(refusal: Refusal) -> Refused {

@@ -14,19 +14,22 @@
 //! - A repeat is compared with the first by a hash of its body: the same
 //!   body is a duplicate (`202` with the first id), another body is a
 //!   conflict (first wins; the caller answers `409` with the first id).
-//! - Bounded: [`CAPACITY`] keys, the oldest forgotten first. Older repeats
-//!   are still stored once (the `idempotency_key` column is unique); they
-//!   just get a fresh id in their answer.
+//! - A key this process does not remember may have been stored earlier
+//!   (before a restart, by another instance, longer ago than this window):
+//!   the first request looks it up in the database while it holds the
+//!   claim, and [`Claim::stored_earlier`] turns it into a repeat of the
+//!   stored ticket, for itself and for the repeats waiting on it.
+//! - Bodies are compared by SHA-256, the digest the database keeps too.
+//! - Bounded: [`CAPACITY`] keys, the oldest forgotten first.
 //!
 //! Every operation is O(1) under one mutex: the age order is a queue of
 //! (key, generation) and an entry is only evicted by the generation that
 //! created it, so forgetting a key does not scan the queue.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
-use std::hash::Hasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -35,11 +38,19 @@ use crate::ticket::Status;
 /// Keys remembered.
 pub const CAPACITY: usize = 65_536;
 
-/// What the first request with a key was answered, and what it sent.
+/// What the first request with a key was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Answer {
     pub id: Uuid,
     pub status: Status,
+}
+
+/// SHA-256 of a body.
+pub type BodyHash = [u8; 32];
+
+/// The SHA-256 of `body`, as `sha256(raw)` computes it in PostgreSQL.
+pub fn body_hash(body: &[u8]) -> BodyHash {
+    Sha256::digest(body).into()
 }
 
 /// How a repeat relates to its first request, once that one succeeded.
@@ -51,9 +62,9 @@ pub enum Repeated {
     Conflict(Answer),
 }
 
-/// The first request's outcome, as its repeats see it. `F` is how the
-/// caller describes a refusal.
-type Outcome<F> = Option<Result<Answer, F>>;
+/// The first request's outcome, as its repeats see it: its answer and the
+/// hash of its body, or how the caller describes its refusal (`F`).
+type Outcome<F> = Option<Result<(Answer, BodyHash), F>>;
 
 pub struct RecentKeys<F> {
     inner: Arc<Mutex<Inner<F>>>,
@@ -68,7 +79,6 @@ struct Inner<F> {
 
 struct Entry<F> {
     generation: u64,
-    body_hash: u64,
     first_id: Uuid,
     outcome: watch::Receiver<Outcome<F>>,
 }
@@ -80,13 +90,13 @@ pub struct Claim<F> {
     inner: Arc<Mutex<Inner<F>>>,
     key: String,
     generation: u64,
+    body_hash: BodyHash,
     sender: Option<watch::Sender<Outcome<F>>>,
 }
 
 /// A repeat of a key whose first request is known or under way.
 pub struct Repeat<F> {
-    body_hash: u64,
-    first_body_hash: u64,
+    body_hash: BodyHash,
     outcome: watch::Receiver<Outcome<F>>,
 }
 
@@ -109,22 +119,19 @@ impl<F: Clone + Send + Sync + 'static> RecentKeys<F> {
     /// Claims `key` for a ticket `id` with this body, or finds the request
     /// that claimed it first.
     pub fn claim(&self, key: &str, id: Uuid, body: &[u8]) -> Claimed<F> {
-        let body_hash = hash(body);
+        let body_hash = body_hash(body);
         let mut inner = lock(&self.inner);
         if let Some(entry) = inner.entries.get(key) {
-            return Claimed::Repeat(Repeat {
-                body_hash,
-                first_body_hash: entry.body_hash,
-                outcome: entry.outcome.clone(),
-            });
+            return Claimed::Repeat(Repeat { body_hash, outcome: entry.outcome.clone() });
         }
         inner.evict_to(CAPACITY - 1);
         let generation = inner.next_generation;
         inner.next_generation += 1;
         let (sender, outcome) = watch::channel(None);
-        inner.entries.insert(key.to_string(), Entry { generation, body_hash, first_id: id, outcome });
+        inner.entries.insert(key.to_string(), Entry { generation, first_id: id, outcome });
         inner.order.push_back((key.to_string(), generation));
-        Claimed::First(Claim { inner: Arc::clone(&self.inner), key: key.to_string(), generation, sender: Some(sender) })
+        let inner = Arc::clone(&self.inner);
+        Claimed::First(Claim { inner, key: key.to_string(), generation, body_hash, sender: Some(sender) })
     }
 
     /// Remembers a key whose ticket was answered before this process
@@ -138,10 +145,8 @@ impl<F: Clone + Send + Sync + 'static> RecentKeys<F> {
         inner.evict_to(CAPACITY - 1);
         let generation = inner.next_generation;
         inner.next_generation += 1;
-        let (_settled, outcome) = watch::channel(Some(Ok(answer)));
-        inner
-            .entries
-            .insert(key.to_string(), Entry { generation, body_hash: hash(body), first_id: answer.id, outcome });
+        let (_settled, outcome) = watch::channel(Some(Ok((answer, body_hash(body)))));
+        inner.entries.insert(key.to_string(), Entry { generation, first_id: answer.id, outcome });
         inner.order.push_back((key.to_string(), generation));
     }
 
@@ -202,8 +207,21 @@ impl<F> Claim<F> {
     /// The first request is answered `202` with `answer`: its repeats get it too.
     pub fn succeed(mut self, answer: Answer) {
         if let Some(sender) = self.sender.take() {
-            sender.send_replace(Some(Ok(answer)));
+            sender.send_replace(Some(Ok((answer, self.body_hash))));
         }
+    }
+
+    /// The key was stored before, with `answer` for a body hashing to
+    /// `first_body_hash`: the key stands for that ticket from now on, and
+    /// this request is a repeat of it like the ones waiting.
+    pub fn stored_earlier(mut self, answer: Answer, first_body_hash: BodyHash) -> Repeated {
+        if let Some(entry) = lock(&self.inner).entries.get_mut(&self.key).filter(|e| e.generation == self.generation) {
+            entry.first_id = answer.id;
+        }
+        if let Some(sender) = self.sender.take() {
+            sender.send_replace(Some(Ok((answer, first_body_hash))));
+        }
+        relate(self.body_hash, answer, first_body_hash)
     }
 
     /// The first request is refused: its waiting repeats get the same
@@ -232,8 +250,7 @@ impl<F: Clone> Repeat<F> {
     pub async fn outcome(mut self) -> Result<Result<Repeated, F>, FirstVanished> {
         let settled = self.outcome.wait_for(Option::is_some).await.map_err(|_| FirstVanished)?;
         let result = match settled.as_ref() {
-            Some(Ok(answer)) if self.body_hash == self.first_body_hash => Ok(Repeated::Duplicate(*answer)),
-            Some(Ok(answer)) => Ok(Repeated::Conflict(*answer)),
+            Some(Ok((answer, first_body_hash))) => Ok(relate(self.body_hash, *answer, *first_body_hash)),
             Some(Err(refusal)) => Err(refusal.clone()),
             None => return Err(FirstVanished),
         };
@@ -241,15 +258,17 @@ impl<F: Clone> Repeat<F> {
     }
 }
 
-fn lock<F>(inner: &Mutex<Inner<F>>) -> MutexGuard<'_, Inner<F>> {
-    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// The same body is a duplicate of the first, another one a conflict.
+fn relate(body_hash: BodyHash, first: Answer, first_body_hash: BodyHash) -> Repeated {
+    if body_hash == first_body_hash {
+        Repeated::Duplicate(first)
+    } else {
+        Repeated::Conflict(first)
+    }
 }
 
-/// SipHash with fixed keys: the same body always gives the same hash.
-fn hash(body: &[u8]) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    hasher.write(body);
-    hasher.finish()
+fn lock<F>(inner: &Mutex<Inner<F>>) -> MutexGuard<'_, Inner<F>> {
+    inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -332,6 +351,31 @@ mod tests {
         let outcome = repeat(keys.claim("from-the-log", Uuid::now_v7(), b"body")).outcome().await;
 
         assert_eq!(outcome, Ok(Ok(Repeated::Duplicate(given))));
+    }
+
+    #[tokio::test]
+    async fn a_key_found_stored_earlier_answers_the_claimer_and_its_waiting_repeats_with_the_stored_ticket() {
+        let keys = RecentKeys::<&'static str>::new();
+        let claim = first(keys.claim("k", Uuid::now_v7(), b"body"));
+        let same_body = repeat(keys.claim("k", Uuid::now_v7(), b"body"));
+        let other_body = repeat(keys.claim("k", Uuid::now_v7(), b"other body"));
+        let stored = answer();
+
+        assert_eq!(claim.stored_earlier(stored, body_hash(b"body")), Repeated::Duplicate(stored));
+        assert_eq!(same_body.outcome().await, Ok(Ok(Repeated::Duplicate(stored))));
+        assert_eq!(other_body.outcome().await, Ok(Ok(Repeated::Conflict(stored))));
+        assert_eq!(keys.first_id("k"), Some(stored.id));
+    }
+
+    #[tokio::test]
+    async fn a_key_stored_earlier_for_another_body_is_a_conflict_for_the_claimer() {
+        let keys = RecentKeys::<&'static str>::new();
+        let claim = first(keys.claim("k", Uuid::now_v7(), b"corrected body"));
+        let stored = answer();
+
+        assert_eq!(claim.stored_earlier(stored, body_hash(b"first body")), Repeated::Conflict(stored));
+        let later = repeat(keys.claim("k", Uuid::now_v7(), b"first body")).outcome().await;
+        assert_eq!(later, Ok(Ok(Repeated::Duplicate(stored))), "later repeats compare with the stored body");
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct Metrics {
     pub request_duration: HistogramFamily<RouteLabels>,
     pub tickets_accepted: Family<StatusLabels, Counter>,
     pub duplicates: Counter,
+    pub keys_unchecked: Counter,
+    pub keys_taken: Counter,
+    pub keys_expired: Counter,
     pub signature_failures: Counter,
     pub refused: Family<KindLabels, Counter>,
     pub in_flight: Gauge,
@@ -97,6 +100,9 @@ impl Metrics {
             request_duration: Family::new_with_constructor(latency_histogram),
             tickets_accepted: Family::default(),
             duplicates: Counter::default(),
+            keys_unchecked: Counter::default(),
+            keys_taken: Counter::default(),
+            keys_expired: Counter::default(),
             signature_failures: Counter::default(),
             refused: Family::default(),
             in_flight: Gauge::default(),
@@ -150,6 +156,21 @@ impl Metrics {
             "duplicates",
             "Requests answered 202 for an idempotency key already seen",
             self.duplicates.clone(),
+        );
+        registry.register(
+            "idempotency_keys_unchecked",
+            "Tickets accepted with an idempotency key the database could not be asked about (only the keys held in memory were compared)",
+            self.keys_unchecked.clone(),
+        );
+        registry.register(
+            "idempotency_keys_taken",
+            "Tickets stored under an idempotency key that already stood for another ticket",
+            self.keys_taken.clone(),
+        );
+        registry.register(
+            "idempotency_keys_expired",
+            "Idempotency keys deleted after idempotency_retention_hours",
+            self.keys_expired.clone(),
         );
         registry.register("refused", "Tickets refused with 503, by reason", self.refused.clone());
         registry.register(

@@ -22,6 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use sqlx::postgres::PgPoolOptions;
+use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -157,6 +158,7 @@ impl Application {
             }))
         });
         let replaying = tokio::spawn(replay(recovered, Arc::clone(&state.admission), state.queue.clone()));
+        let expiring = tokio::spawn(expire_idempotency_keys(Arc::clone(&state)));
         tracing::info!(message = "listening", address = %listener.local_addr()?, ack = ?state.settings.ack, writers = state.settings.writers);
         let connections = GracefulShutdown::new();
         let mut http = http1::Builder::new();
@@ -206,6 +208,7 @@ impl Application {
 
         tracing::info!(message = "shutting down: no new tickets accepted", in_flight = state.admission.in_flight());
         drop(listener);
+        expiring.abort();
         let _ = stop_console.send(true);
         state.admission.close();
         let _ = replaying.await;
@@ -246,6 +249,40 @@ impl Application {
             );
         }
         Ok(())
+    }
+}
+
+/// How often idempotency keys past `idempotency_retention_hours` are
+/// looked for (once the schema is ready, and at once after start).
+const KEY_EXPIRY_EVERY: Duration = Duration::from_secs(60);
+/// Keys deleted per statement: each is one short transaction.
+const KEY_EXPIRY_BATCH: i64 = 5_000;
+
+/// Deletes the idempotency keys older than the retention, a batch at a
+/// time with a pause between batches, so that the writers' inserts never
+/// wait on a long delete (they only add new keys anyway).
+async fn expire_idempotency_keys(state: Arc<AppState>) {
+    let retention = state.settings.idempotency_retention();
+    loop {
+        if state.schema_ready.load(Ordering::Acquire) {
+            let before = OffsetDateTime::now_utc() - retention;
+            loop {
+                match store::expire_keys(&state.pool, before, KEY_EXPIRY_BATCH).await {
+                    Ok(deleted) => {
+                        state.metrics.keys_expired.inc_by(deleted);
+                        if deleted < KEY_EXPIRY_BATCH as u64 {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(error) => {
+                        tracing::debug!(message = "expiring idempotency keys failed, trying again later", %error);
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(KEY_EXPIRY_EVERY).await;
     }
 }
 

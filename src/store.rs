@@ -7,19 +7,25 @@
 //! limit never applies, even for a batch of 500 tickets of 2 000 lines.
 //!
 //! Two ways to write a batch:
-//! - **Fast path**, [`WRITE_FRESH_BATCH`]: tickets, lines, product history
-//!   and products in *one* statement (data-modifying CTEs), hence one round
-//!   trip and one implicit transaction. Live tickets have fresh UUIDv7 ids, so their
-//!   insert cannot conflict; if it does (a replayed ticket already stored, a
-//!   repeated idempotency key), the statement fails as a whole with a
-//!   unique violation and the batch goes the careful way.
+//! - **Fast path**, [`WRITE_FRESH_BATCH`]: tickets, their idempotency
+//!   keys, lines, product history and products in *one* statement
+//!   (data-modifying CTEs), hence one round trip and one implicit
+//!   transaction. Live tickets have fresh UUIDv7 ids, so their insert
+//!   cannot conflict; if it does (a replayed ticket already stored, a key
+//!   already taken), the statement fails as a whole with a unique violation
+//!   and the batch goes the careful way.
 //! - **Careful path**, in one transaction:
-//!   1. `tickets`, `ON CONFLICT DO NOTHING RETURNING id`: a replayed id or a
-//!      repeated idempotency key is skipped, and only the tickets actually
-//!      inserted go on to step 2 and 3, so nothing is stored twice.
-//!   2. `ticket_lines` of those tickets.
-//!   3. `product_history` of those tickets.
-//!   4. `products` of those tickets.
+//!   1. `tickets`, `ON CONFLICT DO NOTHING RETURNING id`: a replayed ticket
+//!      is skipped, and only the tickets actually inserted go on, so nothing
+//!      is stored twice.
+//!   2. `idempotency_keys` of those tickets, `ON CONFLICT DO NOTHING`: a key
+//!      already taken by another ticket keeps pointing at that one. The
+//!      ticket is stored all the same — it was answered `202` with its own
+//!      id (its request could not look the key up, see `src/http.rs`) — and
+//!      reported in [`Written::keys_taken`].
+//!   3. `ticket_lines` of those tickets.
+//!   4. `product_history` of those tickets.
+//!   5. `products` of those tickets.
 //!
 //! Products are deduplicated inside the batch (the latest ticket wins, the
 //! counts are summed) and sorted by `product_id`, so that concurrent writers
@@ -243,13 +249,16 @@ async fn follow_primary(pool: PgPool, url: DatabaseUrl) {
 }
 
 /// Rows a committed batch wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
     pub tickets: u64,
     pub lines: u64,
     pub products: u64,
     /// `product_history` rows inserted or updated.
     pub history: u64,
+    /// Tickets stored under an idempotency key that already stood for
+    /// another ticket (which it keeps standing for).
+    pub keys_taken: Vec<Uuid>,
 }
 
 /// Characters of a line's name kept in `product_history` (the migration's
@@ -302,6 +311,17 @@ const INSERT_TICKETS: &str = "
     ON CONFLICT DO NOTHING
     RETURNING id";
 
+/// The keys of freshly inserted tickets; returns the tickets whose key
+/// was free.
+const INSERT_KEYS: &str = "
+    INSERT INTO idempotency_keys (key, ticket_id, received_at, status, body_sha256)
+    SELECT key, id, received_at, status, sha256(raw)
+    FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::bytea[])
+         AS k(id, received_at, key, status, raw)
+    WHERE key IS NOT NULL
+    ON CONFLICT (key) DO NOTHING
+    RETURNING ticket_id";
+
 const INSERT_LINES: &str = "
     INSERT INTO ticket_lines (ticket_id, received_at, line_no, product_id, name, price)
     SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int4[], $4::text[], $5::text[], $6::numeric[])";
@@ -323,14 +343,16 @@ const UPSERT_HISTORY: &str = concat!(
     history_on_conflict!()
 );
 
-/// The fast path: the four inserts above in one statement, the tickets'
-/// without `ON CONFLICT` so that a ticket already stored fails it whole.
+/// The fast path: the five inserts above in one statement, the tickets'
+/// and the keys' without `ON CONFLICT` so that a ticket already stored, or
+/// a key already taken, fails it whole.
 /// The products upsert runs last: it locks the hot rows every writer
 /// touches, and holds them until the commit, so the tickets and lines go
 /// first, then the history (hot too, but less: see the module docs).
 /// PostgreSQL runs the main statement first, then the `WITH` sub-statements
-/// nobody reads, the last one written first: tickets, lines, history,
+/// nobody reads, the last one written first: tickets, keys, lines, history,
 /// products. Nothing reads them, so no row is kept for a `RETURNING`.
+/// The keys reuse the tickets' parameters.
 const WRITE_FRESH_BATCH: &str = concat!(
     "
     WITH upserted_products AS (
@@ -351,6 +373,12 @@ const WRITE_FRESH_BATCH: &str = concat!(
         INSERT INTO ticket_lines (ticket_id, received_at, line_no, product_id, name, price)
         SELECT * FROM UNNEST($10::uuid[], $11::timestamptz[], $12::int4[], $13::text[], $14::text[],
                              $15::numeric[])
+    ), new_keys AS (
+        INSERT INTO idempotency_keys (key, ticket_id, received_at, status, body_sha256)
+        SELECT key, id, received_at, status, sha256(raw)
+        FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $9::bytea[])
+             AS k(id, received_at, key, status, raw)
+        WHERE key IS NOT NULL
     )
     INSERT INTO tickets (id, received_at, idempotency_key, status, order_id, vat, total, problems, raw)
     SELECT id, received_at, idempotency_key, status, order_id, vat, total, problems::jsonb, raw
@@ -392,7 +420,13 @@ pub async fn write_fresh_batch(connection: &mut PgConnection, batch: &[&NewTicke
     let history_count = history.product_ids.len() as u64;
     let query = sqlx::query(WRITE_FRESH_BATCH);
     history.bind(products.bind(lines.bind(TicketColumns::new(batch).bind(query)))).execute(connection).await?;
-    Ok(Written { tickets: batch.len() as u64, lines: line_count, products: product_count, history: history_count })
+    Ok(Written {
+        tickets: batch.len() as u64,
+        lines: line_count,
+        products: product_count,
+        history: history_count,
+        keys_taken: Vec::new(),
+    })
 }
 
 /// The careful path: one statement per table in one transaction, skipping
@@ -404,11 +438,74 @@ pub async fn write_batch_skipping_stored(
     let mut transaction = connection.begin().await?;
     let inserted = insert_tickets(&mut transaction, batch).await?;
     let fresh: Vec<&NewTicket> = batch.iter().copied().filter(|ticket| inserted.contains(&ticket.id)).collect();
+    let keys_taken = insert_keys(&mut transaction, &fresh).await?;
     let lines = insert_lines(&mut transaction, &fresh).await?;
     let history = upsert_history(&mut transaction, merge_history(&fresh)).await?;
     let products = upsert_products(&mut transaction, &fresh).await?;
     transaction.commit().await?;
-    Ok(Written { tickets: inserted.len() as u64, lines, products, history })
+    Ok(Written { tickets: inserted.len() as u64, lines, products, history, keys_taken })
+}
+
+/// Stores the keys of freshly inserted `tickets`; returns the tickets
+/// whose key already stood for another ticket.
+async fn insert_keys(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<Vec<Uuid>, sqlx::Error> {
+    let keyed: Vec<&NewTicket> = tickets.iter().copied().filter(|ticket| ticket.idempotency_key.is_some()).collect();
+    if keyed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let columns = TicketColumns::new(&keyed);
+    let query = sqlx::query(INSERT_KEYS)
+        .bind(columns.ids)
+        .bind(columns.received_at)
+        .bind(columns.keys)
+        .bind(columns.statuses)
+        .bind(columns.raws);
+    let rows = query.fetch_all(connection).await?;
+    let stored: HashSet<Uuid> = rows.iter().map(|row| row.try_get::<Uuid, _>(0)).collect::<Result<_, _>>()?;
+    Ok(keyed.iter().map(|ticket| ticket.id).filter(|id| !stored.contains(id)).collect())
+}
+
+/// The ticket an idempotency key stands for in the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub ticket_id: Uuid,
+    pub status: Status,
+    pub body_sha256: [u8; 32],
+}
+
+/// Which ticket `key` stands for, if one was stored under it (and not
+/// expired yet).
+pub async fn stored_key(pool: &PgPool, key: &str) -> Result<Option<StoredKey>, sqlx::Error> {
+    let row = sqlx::query("SELECT ticket_id, status, body_sha256 FROM idempotency_keys WHERE key = $1")
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let status: String = row.try_get("status")?;
+    let digest: Vec<u8> = row.try_get("body_sha256")?;
+    let undecodable = |what: &str| sqlx::Error::Decode(format!("idempotency_keys.{what} of key {key:?}").into());
+    Ok(Some(StoredKey {
+        ticket_id: row.try_get("ticket_id")?,
+        status: Status::from_name(&status).ok_or_else(|| undecodable("status"))?,
+        body_sha256: digest.try_into().map_err(|_| undecodable("body_sha256"))?,
+    }))
+}
+
+/// Deletes at most `limit` keys stored before `before`, oldest first, in
+/// one short transaction; returns how many. Rows another expiry is
+/// deleting are skipped, so several instances never wait on each other,
+/// and the writers never wait on an expiry: they insert new keys only.
+pub async fn expire_keys(pool: &PgPool, before: OffsetDateTime, limit: i64) -> Result<u64, sqlx::Error> {
+    let deleted = sqlx::query(
+        "DELETE FROM idempotency_keys WHERE key IN (
+             SELECT key FROM idempotency_keys WHERE received_at < $1
+             ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(before)
+    .bind(limit)
+    .execute(pool)
+    .await?;
+    Ok(deleted.rows_affected())
 }
 
 async fn insert_tickets(connection: &mut PgConnection, batch: &[&NewTicket]) -> Result<HashSet<Uuid>, sqlx::Error> {

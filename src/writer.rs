@@ -486,6 +486,13 @@ impl Writer {
         self.metrics.lines_written.inc_by(written.lines);
         self.metrics.products_written.inc_by(written.products);
         self.metrics.history_written.inc_by(written.history);
+        if !written.keys_taken.is_empty() {
+            self.metrics.keys_taken.inc_by(written.keys_taken.len() as u64);
+            tracing::warn!(
+                message = "tickets stored under an idempotency key that already stood for another ticket: each was answered 202 with its own id, its key still answers the first one",
+                tickets = ?written.keys_taken
+            );
+        }
     }
 }
 

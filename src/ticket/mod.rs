@@ -179,6 +179,11 @@ impl Status {
             Status::Invalid => "invalid",
         }
     }
+
+    /// The status named by [`Status::as_str`].
+    pub fn from_name(name: &str) -> Option<Status> {
+        [Status::Ok, Status::Partial, Status::Invalid].into_iter().find(|status| status.as_str() == name)
+    }
 }
 
 /// One thing the parser could not understand, or had to tolerate.

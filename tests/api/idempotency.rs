@@ -74,20 +74,140 @@ async fn different_keys_are_different_tickets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_stored_before_a_restart_is_still_stored_once() {
+async fn a_key_stored_before_a_restart_is_answered_with_the_first_id_and_stored_once() {
     let settings = crate::helpers::test_settings().await;
     let app = crate::helpers::spawn_app_from(settings.clone()).await;
-    app.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "across-restarts").await;
+    let first = app.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "across-restarts").await;
+    let first: serde_json::Value = first.json().await.expect("json");
     app.wait_for_count("tickets", 1).await;
     app.stop().await;
 
     let app = crate::helpers::spawn_app_from(settings).await;
     let again = app.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "across-restarts").await;
+    let other_body = app.post_ticket_with_header(numbered_ticket(9), "Idempotency-Key", "across-restarts").await;
 
-    assert_eq!(again.status(), 202);
+    assert_eq!((again.status().as_u16(), other_body.status().as_u16()), (202, 409));
+    let again: serde_json::Value = again.json().await.expect("json");
+    assert_eq!(again["id"], first["id"], "a repeat after a restart gets the id acknowledged the first time");
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["status"], "ok");
+    let other_body: serde_json::Value = other_body.json().await.expect("json");
+    assert_eq!(other_body["id"], first["id"], "another body under the key: the first stands");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(app.count("tickets").await, 1);
     assert_eq!(app.count("ticket_lines").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instance_answers_a_key_the_first_instance_stored_with_the_first_id() {
+    let first_instance = spawn_app().await;
+    let mut settings = crate::helpers::test_settings().await;
+    settings.database_url = Some(first_instance.database_url.clone());
+    let second_instance = spawn_app_from(settings).await;
+
+    let first = first_instance.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "two-instances").await;
+    let first: serde_json::Value = first.json().await.expect("json");
+    first_instance.wait_for_count("tickets", 1).await;
+    let again = second_instance.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "two-instances").await;
+
+    assert_eq!(again.status(), 202);
+    let again: serde_json::Value = again.json().await.expect("json");
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["duplicate"], true);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(first_instance.count("tickets").await, 1);
+    let key_of: uuid::Uuid = sqlx::query_scalar("SELECT ticket_id FROM idempotency_keys WHERE key = 'two-instances'")
+        .fetch_one(&first_instance.db)
+        .await
+        .expect("key row");
+    assert_eq!(key_of.to_string(), first["id"].as_str().expect("id"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_database_cannot_be_asked_about_is_stored_under_its_own_id_and_keeps_its_first() {
+    // The key is stored by one instance; another, whose database link is
+    // cut, cannot look it up: it acknowledges the ticket under a fresh id
+    // (into its WAL), and that id must be stored, never dropped.
+    let first_instance = spawn_app().await;
+    let proxy = DbProxy::start(&first_instance.database_url).await;
+    let mut settings = crate::helpers::test_settings().await;
+    settings.database_url = Some(proxy.url(&first_instance.database_url));
+    let cut_off = spawn_app_from(settings).await;
+    let first = first_instance.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "unchecked").await;
+    let first: serde_json::Value = first.json().await.expect("json");
+    first_instance.wait_for_count("tickets", 1).await;
+
+    proxy.cut();
+    let blind = cut_off.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "unchecked").await;
+    assert_eq!(blind.status(), 202);
+    let blind: serde_json::Value = blind.json().await.expect("json");
+    assert_ne!(blind["id"], first["id"]);
+    proxy.restore();
+
+    first_instance.wait_for_count("tickets", 2).await;
+    let ids: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM tickets ORDER BY id").fetch_all(&first_instance.db).await.expect("ids");
+    let answered: Vec<String> =
+        [&first["id"], &blind["id"]].iter().map(|id| id.as_str().expect("id").to_string()).collect();
+    assert_eq!(ids.iter().map(ToString::to_string).collect::<Vec<_>>(), answered, "every id answered 202 is stored");
+    let key_of: uuid::Uuid = sqlx::query_scalar("SELECT ticket_id FROM idempotency_keys WHERE key = 'unchecked'")
+        .fetch_one(&first_instance.db)
+        .await
+        .expect("key row");
+    assert_eq!(key_of.to_string(), answered[0], "the key keeps standing for the first ticket");
+    let metrics = cut_off.get("/metrics").await.text().await.expect("metrics");
+    assert!(metrics.contains("ticket_ingest_idempotency_keys_unchecked_total 1"), "{metrics}");
+    assert!(metrics.contains("ticket_ingest_idempotency_keys_taken_total 1"), "{metrics}");
+    let again = first_instance.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "unchecked").await;
+    let again: serde_json::Value = again.json().await.expect("json");
+    assert_eq!(again["id"], first["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_older_than_the_retention_are_expired_and_the_recent_ones_kept() {
+    let database_url = fresh_database().await;
+    let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    ticket_ingest::store::migrate(&db).await.expect("migrations");
+    for (key, hours_ago) in [("expired-1", 200), ("expired-2", 169), ("kept", 167)] {
+        sqlx::query(
+            "INSERT INTO idempotency_keys (key, ticket_id, received_at, status, body_sha256)
+             VALUES ($1, $2, now() - make_interval(hours => $3), 'ok', sha256(''::bytea))",
+        )
+        .bind(key)
+        .bind(uuid::Uuid::now_v7())
+        .bind(hours_ago)
+        .execute(&db)
+        .await
+        .expect("key row");
+    }
+    let mut settings = crate::helpers::test_settings().await;
+    settings.database_url = Some(database_url);
+    settings.idempotency_retention_hours = 168;
+
+    let app = spawn_app_from(settings).await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys: Vec<String> =
+            sqlx::query_scalar("SELECT key FROM idempotency_keys ORDER BY key").fetch_all(&db).await.expect("keys");
+        if keys == ["kept"] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "expiry left {keys:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = app.get("/metrics").await.text().await.expect("metrics");
+    assert!(metrics.contains("ticket_ingest_idempotency_keys_expired_total 2"), "{metrics}");
+    let reused = app.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "expired-1").await;
+    assert_eq!(reused.status(), 202);
+    let reused: serde_json::Value = reused.json().await.expect("json");
+    assert_eq!(reused.get("duplicate"), None, "an expired key is a new key: {reused}");
+    app.wait_for_count("tickets", 1).await;
+    let stored: uuid::Uuid = sqlx::query_scalar("SELECT ticket_id FROM idempotency_keys WHERE key = 'expired-1'")
+        .fetch_one(&db)
+        .await
+        .expect("key row");
+    assert_eq!(reused["id"], stored.to_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,4 +311,54 @@ async fn a_repeat_after_the_first_client_hung_up_gets_the_id_that_is_stored() {
     app.wait_for_count("tickets", 1).await;
     let stored: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tickets").fetch_one(&app.db).await.expect("row");
     assert_eq!(repeat["id"], stored.to_string(), "the id answered is the one stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_under_load_before_and_after_a_restart_store_each_key_once_and_always_answer_its_first_id() {
+    const KEYS: u64 = 200;
+    let settings = crate::helpers::test_settings().await;
+    let post_every_key = |app: &crate::helpers::TestApp, copies: usize| {
+        let mut requests = Vec::new();
+        for key in 0..KEYS {
+            for _ in 0..copies {
+                let request = app
+                    .client
+                    .post(format!("{}/ticket", app.address))
+                    .header("Idempotency-Key", format!("load-{key}"))
+                    .body(numbered_ticket(key));
+                requests.push(tokio::spawn(async move {
+                    let response = request.send().await.expect("sent");
+                    assert_eq!(response.status(), 202);
+                    let body: serde_json::Value = response.json().await.expect("json");
+                    (key, body["id"].as_str().expect("id").to_string())
+                }));
+            }
+        }
+        requests
+    };
+    let mut answers: std::collections::HashMap<u64, std::collections::HashSet<String>> = Default::default();
+
+    let app = spawn_app_from(settings.clone()).await;
+    for request in post_every_key(&app, 3) {
+        let (key, id) = request.await.expect("task");
+        answers.entry(key).or_default().insert(id);
+    }
+    app.stop().await;
+    let app = spawn_app_from(settings).await;
+    for request in post_every_key(&app, 2) {
+        let (key, id) = request.await.expect("task");
+        answers.entry(key).or_default().insert(id);
+    }
+    app.wait_for_count("tickets", KEYS as i64).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT idempotency_key, id::text FROM tickets").fetch_all(&app.db).await.expect("rows");
+    assert_eq!(stored.len() as u64, KEYS, "one ticket per key");
+    for (key, id) in stored {
+        let number: u64 = key.trim_start_matches("load-").parse().expect("key");
+        let answered = &answers[&number];
+        assert_eq!(answered.len(), 1, "every answer for {key} gives one id: {answered:?}");
+        assert!(answered.contains(&id), "{key}: answered {answered:?}, stored {id}");
+    }
 }

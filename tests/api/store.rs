@@ -60,21 +60,26 @@ async fn a_batch_holding_stored_tickets_writes_only_the_others_and_counts_produc
     store::write_batch(&mut connection, &[&stored, &stored_key]).await.expect("first batch");
     let lines_before = count(&db, "ticket_lines").await;
 
-    // The same ticket again (a replay), another ticket under a stored key,
-    // and one new ticket.
-    let repeated_key = new_ticket(3, Some("key-2"));
+    // The same ticket again (a replay), and one new ticket.
     let fresh = new_ticket(4, None);
-    let error = store::write_fresh_batch(&mut connection, &[&stored, &repeated_key, &fresh]).await;
+    let error = store::write_fresh_batch(&mut connection, &[&stored, &fresh]).await;
     assert!(error.is_err(), "the fast path refuses a batch holding a stored ticket");
 
-    let written = store::write_batch(&mut connection, &[&stored, &repeated_key, &fresh]).await.expect("batch");
+    let written = store::write_batch(&mut connection, &[&stored, &stored_key, &fresh]).await.expect("batch");
 
     let fresh_lines = fresh.parsed.lines.len() as i64;
     assert_eq!(
         written,
-        Written { tickets: 1, lines: fresh_lines as u64, products: written.products, history: written.history }
+        Written {
+            tickets: 1,
+            lines: fresh_lines as u64,
+            products: written.products,
+            history: written.history,
+            keys_taken: Vec::new()
+        }
     );
     assert_eq!(count(&db, "tickets").await, 3);
+    assert_eq!(count(&db, "idempotency_keys").await, 1);
     assert_eq!(count(&db, "ticket_lines").await, lines_before + fresh_lines);
     assert_eq!(times_seen(&db).await, lines_before + fresh_lines);
     let stored_ids: Vec<Uuid> =
@@ -82,6 +87,34 @@ async fn a_batch_holding_stored_tickets_writes_only_the_others_and_counts_produc
     let mut expected = vec![stored.id, stored_key.id, fresh.id];
     expected.sort();
     assert_eq!(stored_ids, expected);
+}
+
+#[tokio::test]
+async fn a_ticket_under_a_key_already_taken_is_stored_and_the_key_keeps_its_first_ticket() {
+    // Its request was answered 202 with its own id (the key could not be
+    // looked up): dropping it would make that answer false.
+    let (db, mut connection) = migrated_database().await;
+    let first = new_ticket(1, Some("taken"));
+    store::write_batch(&mut connection, &[&first]).await.expect("first batch");
+
+    let unaware = new_ticket(2, Some("taken"));
+    let same_batch_a = new_ticket(3, Some("twice-in-a-batch"));
+    let same_batch_b = new_ticket(4, Some("twice-in-a-batch"));
+    let error = store::write_fresh_batch(&mut connection, &[&unaware]).await;
+    assert!(error.is_err(), "the fast path refuses a key already taken");
+    let written = store::write_batch(&mut connection, &[&unaware, &same_batch_a, &same_batch_b]).await.expect("batch");
+
+    assert_eq!(written.tickets, 3);
+    assert_eq!(written.keys_taken, vec![unaware.id, same_batch_b.id]);
+    assert_eq!(count(&db, "tickets").await, 4);
+    let keys: Vec<(String, Uuid)> =
+        sqlx::query_as("SELECT key, ticket_id FROM idempotency_keys ORDER BY key").fetch_all(&db).await.expect("keys");
+    assert_eq!(keys, vec![("taken".to_string(), first.id), ("twice-in-a-batch".to_string(), same_batch_a.id)]);
+    let digest: Vec<u8> = sqlx::query_scalar("SELECT body_sha256 FROM idempotency_keys WHERE key = 'taken'")
+        .fetch_one(&db)
+        .await
+        .expect("digest");
+    assert_eq!(digest, ticket_ingest::idempotency::body_hash(&first.raw).to_vec(), "the digest the service compares");
 }
 
 /// A ticket received at `seconds` after an arbitrary start, holding `lines`
