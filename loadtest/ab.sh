@@ -12,7 +12,9 @@
 # and prints committed tickets/s, the ratio to nginx, p50/p99, peak RSS, and
 # the CPU time per committed ticket (from wrk's start to the last commit) of
 # the service, of the local PostgreSQL cluster's processes, and of the whole
-# machine (wrk and the kernel included): less noisy than the rates.
+# machine (wrk and the kernel included), and the context switches per
+# committed ticket of the service's threads and of the machine: less noisy
+# than the rates.
 # Environment: ACK (default wal), FLAGS (extra serve flags, applied to both),
 # WAL_DIR (default a temporary directory), CONNECTIONS (wrk's, default 50;
 # 200 for the second point), RATE (say "20000 40000": after wrk, each
@@ -32,10 +34,10 @@ while [ $# -gt 2 ]; do
     case "$1" in
         --rounds) rounds="$2"; shift 2 ;;
         --duration) duration="$2"; shift 2 ;;
-        *) sed -n '2,19p' "$0"; exit 2 ;;
+        *) sed -n '2,25p' "$0"; exit 2 ;;
     esac
 done
-[ $# -eq 2 ] || { sed -n '2,19p' "$0"; exit 2; }
+[ $# -eq 2 ] || { sed -n '2,25p' "$0"; exit 2; }
 # shellcheck source=loadtest/need.sh
 source loadtest/need.sh
 need wrk
@@ -97,6 +99,10 @@ cluster_ticks() {
     if [ -n "$postmaster" ]; then ticks $(pgrep -P "$postmaster"); else echo 0; fi
 }
 busy_ticks() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+# Context switches: of a process's threads (voluntary and not), and of the
+# whole machine.
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { sum += $2 } END { print sum + 0 }'; }
+machine_switches() { awk '$1 == "ctxt" { print $2 }' /proc/stat; }
 per_ticket_us() { echo $(( $1 * 1000000 / $(getconf CLK_TCK) / ($2 > 0 ? $2 : 1) )); }
 
 for round in $(seq 1 "$rounds"); do
@@ -125,12 +131,14 @@ for round in $(seq 1 "$rounds"); do
             sleep 0.05
         done
         service_cpu="$(ticks "$pid")" cluster_cpu="$(cluster_ticks)" machine_cpu="$(busy_ticks)"
+        service_switches="$(switches "$pid")" all_switches="$(machine_switches)"
         started="$(date +%s%N)"
         load "http://127.0.0.1:$port/ticket" >"$work/wrk.txt"
         accepted="$(awk '$1 == "status" && $2 == "202:" { print $3 }' "$work/wrk.txt")"
         finished="$(python3 loadtest/wait_committed.py "$port" 120)"
         service_cpu=$(( $(ticks "$pid") - service_cpu )) cluster_cpu=$(( $(cluster_ticks) - cluster_cpu ))
         machine_cpu=$(( $(busy_ticks) - machine_cpu ))
+        service_switches=$(( $(switches "$pid") - service_switches )) all_switches=$(( $(machine_switches) - all_switches ))
         until [ "$(psql "$server_url/$database" -qtAc 'SELECT count(*) FROM tickets')" -ge "${accepted:-0}" ]; do
             sleep 0.5
         done
@@ -142,6 +150,13 @@ for round in $(seq 1 "$rounds"); do
         printf '  %-40s CPU per ticket: service %d µs, PostgreSQL %d µs, machine %d µs\n' "" \
             "$(per_ticket_us "$service_cpu" "${accepted:-0}")" "$(per_ticket_us "$cluster_cpu" "${accepted:-0}")" \
             "$(per_ticket_us "$machine_cpu" "${accepted:-0}")"
+        printf '  %-40s context switches per ticket: service %s, machine %s\n' "" \
+            "$(echo "scale=2; $service_switches / ${accepted:-1}" | bc)" "$(echo "scale=2; $all_switches / ${accepted:-1}" | bc)"
+        # The write-ahead log's groups: records per fdatasync, and how long one took.
+        curl -fs "http://127.0.0.1:$port/metrics" | awk -v tickets="${accepted:-0}" '
+            /^ticket_ingest_wal_append_duration_seconds_count/ { groups = $2 }
+            /^ticket_ingest_wal_append_duration_seconds_sum/ { seconds = $2 }
+            END { if (groups > 0) printf "  %-40s WAL: %.1f records per fdatasync, %.2f ms per write + fdatasync\n", "", tickets / groups, 1000 * seconds / groups }'
         fixed_rates "http://127.0.0.1:$port/ticket"
         kill -TERM "$pid"; wait "$pid" || true
         psql "$server_url/postgres" -qc "DROP DATABASE $database"
