@@ -7,7 +7,7 @@ use std::time::Duration;
 use ticket_ingest::config::AckMode;
 
 use crate::helpers::{
-    assert_every_accepted_ticket_stored_once, count, fresh_database, numbered_ticket, run_load, spawn_app_from,
+    assert_every_acknowledged_ticket_stored_once, count, fresh_database, numbered_ticket, run_load, spawn_app_from,
     spawn_app_with, temp_dir, test_settings, DbProxy, ServiceProcess,
 };
 
@@ -29,7 +29,7 @@ async fn kill_9_mid_load_then_restart_on_the_same_wal_stores_every_acknowledged_
     assert!(outcome.unexpected.is_empty(), "unexpected answers: {:?}", outcome.unexpected);
     assert!(!outcome.accepted.is_empty());
     let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
-    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+    assert_every_acknowledged_ticket_stored_once(&db, &outcome).await;
     drop(restarted);
 }
 
@@ -57,7 +57,7 @@ async fn a_database_outage_turns_into_503s_and_every_acknowledged_ticket_lands_a
     assert!(outcome.refused > 0, "the exhausted budget refused tickets during the outage");
     assert!(outcome.unexpected.is_empty(), "unexpected answers: {:?}", outcome.unexpected);
     let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
-    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+    assert_every_acknowledged_ticket_stored_once(&db, &outcome).await;
     drop(service);
 }
 
@@ -83,7 +83,7 @@ async fn an_outage_then_kill_9_then_restart_still_stores_every_acknowledged_tick
     assert!(outcome.unexpected.is_empty(), "unexpected answers: {:?}", outcome.unexpected);
     assert!(!outcome.accepted.is_empty());
     let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
-    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+    assert_every_acknowledged_ticket_stored_once(&db, &outcome).await;
     drop(restarted);
 }
 
@@ -115,7 +115,7 @@ async fn sigterm_during_an_outage_with_ack_wal_exits_0_and_the_next_start_stores
     );
     assert!(log.contains("tickets=300") && log.contains("do not delete it"), "the shutdown names what is left:\n{log}");
     let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
-    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+    assert_every_acknowledged_ticket_stored_once(&db, &outcome).await;
     drop(restarted);
 }
 
@@ -216,7 +216,7 @@ async fn started_while_the_database_is_unreachable_it_accepts_into_the_wal_says_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
-    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+    assert_every_acknowledged_ticket_stored_once(&db, &outcome).await;
     drop(service);
 }
 

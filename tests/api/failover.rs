@@ -15,7 +15,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 use ticket_ingest::config::AckMode;
 use uuid::Uuid;
 
-use crate::helpers::{assert_every_accepted_ticket_stored_once, free_port, run_load, temp_dir, ServiceProcess};
+use crate::helpers::{
+    assert_every_acknowledged_ticket_stored_once, free_port, run_keyed_load, temp_dir, ServiceProcess,
+};
 
 /// Runs `script` in bash with scripts/pg.sh's functions loaded; panics
 /// with its output when it fails or outlives two minutes.
@@ -168,7 +170,8 @@ struct FailoverRun {
 async fn kill_the_primary_under_load_and_promote(pair: &Pair, ack: AckMode) -> FailoverRun {
     let service = ServiceProcess::start(&pair.service_url(), &temp_dir("wal"), ack, &[]).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(run_load(service.address.clone(), 20, 10_000_000, 1, Arc::clone(&stop)));
+    // Producers that retry a refused ticket with the same Idempotency-Key.
+    let load = tokio::spawn(run_keyed_load(service.address.clone(), 20, Arc::clone(&stop)));
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(readyz(&service).await, 200, "ready before the failure");
 
@@ -197,7 +200,15 @@ async fn kill_the_primary_under_load_and_promote(pair: &Pair, ack: AckMode) -> F
     let outcome = load.await.expect("load");
 
     assert!(outcome.unexpected.is_empty(), "unexpected answers: {:?}", outcome.unexpected);
-    assert_every_accepted_ticket_stored_once(&new_primary, &outcome.accepted).await;
+    assert_every_acknowledged_ticket_stored_once(&new_primary, &outcome).await;
+    let keys: Vec<(String, uuid::Uuid)> =
+        sqlx::query_as("SELECT key, ticket_id FROM idempotency_keys").fetch_all(&new_primary).await.expect("keys");
+    let acknowledged: std::collections::HashMap<String, uuid::Uuid> =
+        outcome.accepted.iter().zip(&outcome.ids).map(|(order, id)| (format!("order-{order}"), *id)).collect();
+    assert_eq!(keys.len(), acknowledged.len(), "one key per acknowledged ticket, none stored twice under two keys");
+    for (key, ticket_id) in keys {
+        assert_eq!(acknowledged.get(&key), Some(&ticket_id), "{key} stands for the id it was answered with");
+    }
     let stored_at_end: i64 =
         sqlx::query_scalar("SELECT count(*) FROM tickets").fetch_one(&new_primary).await.expect("count");
     assert!(stored_at_end > stored_at_promotion, "the service wrote to the promoted replica without a restart");

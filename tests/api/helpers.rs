@@ -380,6 +380,8 @@ impl Drop for ServiceProcess {
 pub struct LoadOutcome {
     /// Order numbers answered 202.
     pub accepted: Vec<u64>,
+    /// The ticket id each of them was answered with.
+    pub ids: Vec<Uuid>,
     /// Answers 503.
     pub refused: u64,
     /// Requests that got no answer (connection refused or reset).
@@ -390,6 +392,7 @@ pub struct LoadOutcome {
 
 /// Posts numbered tickets from `clients` concurrent clients until `stop` is
 /// set or `max_requests` were sent. Order numbers start at `first_order`.
+/// A refused or failed order is given up, and the next one posted.
 pub async fn run_load(
     address: String,
     clients: usize,
@@ -397,28 +400,61 @@ pub async fn run_load(
     first_order: u64,
     stop: Arc<AtomicBool>,
 ) -> LoadOutcome {
+    load(address, clients, max_requests, first_order, stop, false).await
+}
+
+/// As [`run_load`], as a careful producer posts: each order with
+/// `Idempotency-Key: order-N`, and a refused or failed order retried with
+/// the same key until it is answered 202 (or `stop` is set).
+pub async fn run_keyed_load(address: String, clients: usize, stop: Arc<AtomicBool>) -> LoadOutcome {
+    load(address, clients, u64::MAX - 1, 1, stop, true).await
+}
+
+async fn load(
+    address: String,
+    clients: usize,
+    max_requests: u64,
+    first_order: u64,
+    stop: Arc<AtomicBool>,
+    keyed: bool,
+) -> LoadOutcome {
     let next = Arc::new(AtomicU64::new(first_order));
-    let last = first_order + max_requests;
+    let last = first_order.saturating_add(max_requests);
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let (client, address, next, stop) = (client.clone(), address.clone(), Arc::clone(&next), Arc::clone(&stop));
         tasks.push(tokio::spawn(async move {
             let mut outcome = LoadOutcome::default();
+            let mut retrying = None;
             while !stop.load(Ordering::Relaxed) {
-                let order = next.fetch_add(1, Ordering::Relaxed);
+                let order = match retrying.take() {
+                    Some(order) => order,
+                    None => next.fetch_add(1, Ordering::Relaxed),
+                };
                 if order >= last {
                     break;
                 }
-                match client.post(format!("{address}/ticket")).body(numbered_ticket(order)).send().await {
-                    Ok(response) if response.status() == 202 => outcome.accepted.push(order),
+                let mut request = client.post(format!("{address}/ticket")).body(numbered_ticket(order));
+                if keyed {
+                    request = request.header("Idempotency-Key", format!("order-{order}"));
+                }
+                match request.send().await {
+                    Ok(response) if response.status() == 202 => {
+                        let answer: serde_json::Value = response.json().await.expect("202 body");
+                        let id = answer["id"].as_str().and_then(|id| id.parse().ok()).expect("202 carries an id");
+                        outcome.accepted.push(order);
+                        outcome.ids.push(id);
+                    }
                     Ok(response) if response.status() == 503 => {
                         outcome.refused += 1;
+                        retrying = keyed.then_some(order);
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Ok(response) => outcome.unexpected.push(response.status().as_u16()),
                     Err(_) => {
                         outcome.failed += 1;
+                        retrying = keyed.then_some(order);
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                 }
@@ -430,6 +466,7 @@ pub async fn run_load(
     for task in tasks {
         let outcome = task.await.expect("load task");
         total.accepted.extend(outcome.accepted);
+        total.ids.extend(outcome.ids);
         total.refused += outcome.refused;
         total.failed += outcome.failed;
         total.unexpected.extend(outcome.unexpected);
@@ -437,24 +474,29 @@ pub async fn run_load(
     total
 }
 
-/// Asserts that every accepted order is stored exactly once, and that no
-/// order at all is stored twice.
-pub async fn assert_every_accepted_ticket_stored_once(db: &PgPool, accepted: &[u64]) {
+/// Asserts that every ticket answered 202 is stored under the id it was
+/// answered with, and that no order at all is stored twice.
+pub async fn assert_every_acknowledged_ticket_stored_once(db: &PgPool, outcome: &LoadOutcome) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let expected: Vec<String> = accepted.iter().map(u64::to_string).collect();
+    let orders: Vec<String> = outcome.accepted.iter().map(u64::to_string).collect();
     loop {
         let missing: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM unnest($1::text[]) AS a(order_id)
-             WHERE NOT EXISTS (SELECT 1 FROM tickets t WHERE t.order_id = a.order_id)",
+            "SELECT count(*) FROM unnest($1::text[], $2::uuid[]) AS a(order_id, id)
+             WHERE NOT EXISTS (SELECT 1 FROM tickets t WHERE t.id = a.id AND t.order_id = a.order_id)",
         )
-        .bind(&expected)
+        .bind(&orders)
+        .bind(&outcome.ids)
         .fetch_one(db)
         .await
         .expect("missing query");
         if missing == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{missing} of {} acknowledged tickets are not stored", expected.len());
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged tickets are not stored under the id they were answered with",
+            orders.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let duplicated: i64 = sqlx::query_scalar(

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ticket_ingest::config::AckMode;
 
 use crate::helpers::{
-    assert_every_accepted_ticket_stored_once, free_port, fresh_database, run_load, temp_dir, ServiceProcess,
+    assert_every_acknowledged_ticket_stored_once, free_port, fresh_database, run_load, temp_dir, ServiceProcess,
 };
 
 struct Haproxy(Child);
@@ -85,6 +85,6 @@ async fn killing_and_restarting_one_of_two_instances_behind_haproxy_loses_no_ack
         outcome.failed
     );
     let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
-    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+    assert_every_acknowledged_ticket_stored_once(&db, &outcome).await;
     drop((two, restarted));
 }

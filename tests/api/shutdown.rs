@@ -7,7 +7,7 @@ use std::time::Duration;
 use ticket_ingest::config::AckMode;
 
 use crate::helpers::{
-    assert_every_accepted_ticket_stored_once, fresh_database, numbered_ticket, run_load, spawn_app_with, temp_dir,
+    assert_every_acknowledged_ticket_stored_once, fresh_database, numbered_ticket, run_load, spawn_app_with, temp_dir,
     DbProxy, ServiceProcess,
 };
 
@@ -45,7 +45,7 @@ async fn sigterm_under_load_loses_nothing(ack: AckMode) {
     assert!(outcome.unexpected.is_empty(), "unexpected answers: {:?}", outcome.unexpected);
     assert!(!outcome.accepted.is_empty(), "the load reached the service");
     let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
-    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+    assert_every_acknowledged_ticket_stored_once(&db, &outcome).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,7 +83,7 @@ async fn sigterm_with_the_database_down_and_ack_memory_keeps_the_acknowledged_ti
     assert_eq!(outcome.accepted.len(), 100, "answered from memory");
     assert!(log.contains("tickets=100"), "the shutdown says what it left in the WAL:\n{log}");
     let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
-    assert_every_accepted_ticket_stored_once(&db, &outcome.accepted).await;
+    assert_every_acknowledged_ticket_stored_once(&db, &outcome).await;
     drop(restarted);
 }
 
