@@ -13,6 +13,9 @@
 --   TICKETS_POOL        distinct bodies prepared per thread (default 4096)
 --   TICKETS_FILE        post this file on every request instead (e.g. the
 --                       sample loadtest/ticket.txt, like the old `hey -D`)
+--   TICKETS_KEYED       1: every request carries an Idempotency-Key of its
+--                       own, as a careful producer sends (each is new, so
+--                       each is looked up and stored)
 -- At the end it prints the count of each status code, e.g. `status 202: 512345`.
 
 local catalogue = tonumber(os.getenv("TICKETS_CATALOGUE") or "5000")
@@ -91,6 +94,7 @@ end
 function init(args)
    statuses = {}
    next_body = 0
+   key_base = os.time()
    if os.getenv("TICKETS_FILE") then
       bodies, pool_size = { read_file(os.getenv("TICKETS_FILE")) }, 1
       return
@@ -108,9 +112,17 @@ function init(args)
    end
 end
 
+local keyed = os.getenv("TICKETS_KEYED") == "1"
+local sent = 0
+
 function request()
    next_body = next_body % pool_size + 1
-   return wrk.format("POST", nil, { ["Content-Type"] = "text/plain" }, bodies[next_body])
+   local headers = { ["Content-Type"] = "text/plain" }
+   if keyed then
+      sent = sent + 1
+      headers["Idempotency-Key"] = string.format("%d-%d-%d", key_base, id or 0, sent)
+   end
+   return wrk.format("POST", nil, headers, bodies[next_body])
 end
 
 function response(status, headers, body)
