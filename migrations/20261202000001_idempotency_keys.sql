@@ -24,5 +24,6 @@ SELECT idempotency_key, id, received_at, status, sha256(raw)
 FROM tickets
 WHERE idempotency_key IS NOT NULL;
 
--- tickets.idempotency_key stays, as what the request carried.
-DROP INDEX tickets_idempotency_key;
+-- tickets.idempotency_key stays, as what the request carried. (A database
+-- partitioned before this migration has no such index.)
+DROP INDEX IF EXISTS tickets_idempotency_key;
