@@ -211,7 +211,11 @@ async fn partition(settings: &Settings, pace: partition::Pace) -> anyhow::Result
     .await
     .context("partitioning tickets and ticket_lines (pg_partman: Debian's postgresql-15-partman)")?;
     if progress.swapped {
-        tracing::info!(message = "tables swapped", locked_ms = progress.swap_locked.as_millis() as u64);
+        tracing::info!(
+            message = "tables swapped",
+            lock_wait_ms = progress.swap_lock_wait.as_millis() as u64,
+            lock_held_ms = progress.swap_lock_held.as_millis() as u64
+        );
     }
     if progress.finished {
         println!(

@@ -18,10 +18,12 @@
 //!    `received_at` — `(id, received_at)` and `(ticket_id, received_at,
 //!    line_no)` — every other index of the old tables recreated from its
 //!    definition (`pg_get_indexdef`), and `partman.create_parent` makes the
-//!    partitions from the oldest `received_at` (read before the lock) to now
-//!    plus `premake` intervals, and a default partition. From its commit on,
-//!    the writers' statements, which name `tickets`, write to the new
-//!    tables: PostgreSQL re-plans a prepared statement whose table changed.
+//!    partitions of this interval and the next, and a default partition.
+//!    From its commit on, the writers' statements, which name `tickets`,
+//!    write to the new tables: PostgreSQL re-plans a prepared statement
+//!    whose table changed. Then [`make_partitions`] attaches the partitions
+//!    from the oldest `received_at` of the old table to now, and those
+//!    ahead, outside the swap's transaction.
 //! 3. [`move_batch`], repeated: the newest `batch_size` tickets of the old
 //!    table and their lines are deleted from it and inserted into the new
 //!    tables in one statement, hence one transaction. A ticket is always in
@@ -125,8 +127,11 @@ pub struct Layout {
 pub struct Progress {
     /// Whether this run swapped the tables (false: an earlier run had).
     pub swapped: bool,
-    /// How long the swap held its locks.
-    pub swap_locked: Duration,
+    /// How long the swap waited for its locks (the writers queue behind
+    /// it meanwhile) …
+    pub swap_lock_wait: Duration,
+    /// … and held them.
+    pub swap_lock_held: Duration,
     pub batches: u64,
     pub tickets_moved: u64,
     pub lines_moved: u64,
@@ -187,8 +192,11 @@ pub async fn convert(
         let mut progress = Progress::default();
         install(connection).await?;
         if state(connection).await? == State::Plain {
-            progress.swap_locked = swap(connection, layout).await?;
+            (progress.swap_lock_wait, progress.swap_lock_held) = swap(connection, layout).await?;
             progress.swapped = true;
+        }
+        if state(connection).await? == State::Moving {
+            make_partitions(connection, layout).await?;
         }
         while state(connection).await? == State::Moving {
             if pace.max_batches.is_some_and(|max| progress.batches >= max) {
@@ -221,20 +229,15 @@ pub async fn install(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Step 2, one transaction (module docs); returns how long it held the
-/// locks. A lock not granted within [`LOCK_TIMEOUT`] rolls it back and it
+/// Step 2, one transaction (module docs); returns how long it waited for
+/// the locks and how long it held them. A lock not granted within [`LOCK_TIMEOUT`] rolls it back and it
 /// is tried again, up to [`SWAP_ATTEMPTS`] times.
-pub async fn swap(connection: &mut PgConnection, layout: &Layout) -> Result<Duration, sqlx::Error> {
-    // Read without the exclusive lock: a scan of a large table must not
-    // hold the writers. A ticket written meanwhile is newer.
-    let oldest: Option<time::OffsetDateTime> =
-        sqlx::query_scalar("SELECT min(received_at) FROM tickets").fetch_one(&mut *connection).await?;
+pub async fn swap(connection: &mut PgConnection, layout: &Layout) -> Result<(Duration, Duration), sqlx::Error> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let started = Instant::now();
-        match swap_once(connection, layout, oldest).await {
-            Ok(()) => return Ok(started.elapsed()),
+        match swap_once(connection, layout).await {
+            Ok(times) => return Ok(times),
             Err(error) if is_lock_timeout(&error) && attempt < SWAP_ATTEMPTS => {
                 tracing::warn!(message = "tables busy, swap tried again", attempt, %error);
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -244,16 +247,14 @@ pub async fn swap(connection: &mut PgConnection, layout: &Layout) -> Result<Dura
     }
 }
 
-async fn swap_once(
-    connection: &mut PgConnection,
-    layout: &Layout,
-    oldest: Option<time::OffsetDateTime>,
-) -> Result<(), sqlx::Error> {
+async fn swap_once(connection: &mut PgConnection, layout: &Layout) -> Result<(Duration, Duration), sqlx::Error> {
     let mut transaction = connection.begin().await?;
     sqlx::query(&format!("SET LOCAL lock_timeout = '{}ms'", LOCK_TIMEOUT.as_millis()))
         .execute(&mut *transaction)
         .await?;
+    let asked = Instant::now();
     transaction.execute("LOCK TABLE tickets, ticket_lines IN ACCESS EXCLUSIVE MODE").await?;
+    let granted = Instant::now();
     for (table, primary_key) in [("tickets", "id, received_at"), ("ticket_lines", "ticket_id, received_at, line_no")] {
         let indexes: Vec<(String, String, bool)> = sqlx::query_as(
             "SELECT c.relname::text, pg_get_indexdef(i.indexrelid), i.indisprimary
@@ -296,22 +297,57 @@ async fn swap_once(
             transaction.execute(definition.as_str()).await?;
         }
     }
+    // This interval's partition and the next only: pg_partman takes tens
+    // of milliseconds per partition, and the writers wait for this
+    // transaction. The others are attached after it ([`make_partitions`]).
     for parent in PARENTS {
         sqlx::query(
             "SELECT partman.create_parent(p_parent_table => $1, p_control => 'received_at', p_type => 'native',
-                                          p_interval => $2, p_premake => $3,
-                                          p_start_partition => $4::timestamptz::text,
+                                          p_interval => $2, p_premake => 1, p_start_partition => now()::text,
                                           p_jobmon => false)",
         )
         .bind(parent)
         .bind(layout.interval.as_str())
-        .bind(layout.premake as i32)
-        .bind(oldest)
         .execute(&mut *transaction)
         .await?;
     }
     configure(&mut transaction, layout).await?;
-    transaction.commit().await
+    transaction.commit().await?;
+    Ok((granted - asked, granted.elapsed()))
+}
+
+/// Step 2, continued, after the swap's commit and before any row moves:
+/// the partitions from the oldest ticket left in the old table to now,
+/// then those ahead of now ([`maintain`]). Each is attached under `SHARE
+/// UPDATE EXCLUSIVE` on the parent: the writers go on. Partitions that
+/// exist are skipped, so a resumed conversion runs it again harmlessly.
+pub async fn make_partitions(connection: &mut PgConnection, layout: &Layout) -> Result<(), sqlx::Error> {
+    let (unit, step) = match layout.interval {
+        Interval::Daily => ("day", "1 day"),
+        Interval::Monthly => ("month", "1 month"),
+    };
+    // A scan of the old table, without a lock that would hold the writers.
+    let oldest: Option<time::OffsetDateTime> =
+        sqlx::query_scalar(&format!("SELECT min(received_at) FROM tickets{OLD_SUFFIX}"))
+            .fetch_one(&mut *connection)
+            .await?;
+    if let Some(oldest) = oldest {
+        for parent in PARENTS {
+            sqlx::query(
+                "SELECT partman.create_partition_time(
+                     p_parent_table => $1,
+                     p_partition_times => ARRAY(SELECT generate_series(date_trunc($2, $3::timestamptz), now(), $4::interval)),
+                     p_analyze => false)",
+            )
+            .bind(parent)
+            .bind(unit)
+            .bind(oldest)
+            .bind(step)
+            .execute(&mut *connection)
+            .await?;
+        }
+    }
+    maintain(connection, layout).await.map(|_managed| ())
 }
 
 /// Step 3: moves the newest `batch_size` tickets left in the old table and
@@ -438,6 +474,34 @@ pub async fn maintain(connection: &mut PgConnection, layout: &Layout) -> Result<
     }
     transaction.commit().await?;
     Ok(true)
+}
+
+/// Runs [`maintain`] now and every `every` on a connection of `pool`, for
+/// ever (abort the task to stop it). A failure (a lock not granted within
+/// [`LOCK_TIMEOUT`], the database away) is logged and tried again at the
+/// next tick; a database whose tables are not partitioned is checked again
+/// at each tick too, so a conversion made while the service runs is
+/// maintained without a restart.
+pub async fn maintain_every(pool: sqlx::PgPool, layout: Layout, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let started = Instant::now();
+        let outcome = match pool.acquire().await {
+            Ok(mut connection) => maintain(&mut connection, &layout).await,
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(true) => {
+                tracing::info!(message = "partition maintenance done", took_ms = started.elapsed().as_millis() as u64)
+            }
+            Ok(false) => tracing::debug!(message = "tables not partitioned, no partition maintenance"),
+            Err(error) => {
+                tracing::warn!(message = "partition maintenance failed, tried again at the next tick", %error)
+            }
+        }
+    }
 }
 
 /// The partitions of `parent` (`public.tickets`), oldest first, without the
