@@ -642,6 +642,18 @@ mod tests {
     /// missing here, and `Settings` would not deserialize from it; an
     /// `Option` would, but the shipped file documents it (test below).
     #[test]
+    fn a_partition_retention_is_a_number_and_a_unit_or_nothing() {
+        for good in ["", "90 days", "1 month", "13 months", "2 years"] {
+            let settings = load_with(&[("TICKET_INGEST_PARTITION_RETENTION", good)]).expect(good);
+            assert_eq!(settings.partition_layout().retention.is_some(), !good.is_empty());
+        }
+        for bad in ["90", "days", "0 days", "3 fortnights", "1 day; DROP TABLE tickets"] {
+            let error = load_with(&[("TICKET_INGEST_PARTITION_RETENTION", bad)]).expect_err(bad);
+            assert!(error.to_string().to_lowercase().contains("partition_retention"), "{error}");
+        }
+    }
+
+    #[test]
     fn the_keys_are_the_fields_of_settings() {
         let from_keys: Settings =
             serde_json::from_value(serde_json::Value::Object(defaults_by_key())).expect("every field");
