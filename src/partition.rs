@@ -441,38 +441,35 @@ pub async fn configure(connection: &mut PgConnection, layout: &Layout) -> Result
     Ok(())
 }
 
-/// [`configure`], then `partman.run_maintenance` for both parents, in one
-/// transaction whose locks wait at most [`LOCK_TIMEOUT`]. Does nothing
-/// (`Ok(false)`) when the tables are not managed by pg_partman.
+/// [`configure`], then `partman.run_maintenance` for each parent, in a
+/// transaction of its own whose locks wait at most [`LOCK_TIMEOUT`]. Does
+/// nothing (`Ok(false)`) when the tables are not managed by pg_partman.
 pub async fn maintain(connection: &mut PgConnection, layout: &Layout) -> Result<bool, sqlx::Error> {
-    let mut transaction = connection.begin().await?;
-    let managed: bool = sqlx::query_scalar(
-        "SELECT to_regclass('partman.part_config') IS NOT NULL
-                AND EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_partman')",
+    let parents: Option<i64> = sqlx::query_scalar(
+        "SELECT CASE WHEN to_regclass('partman.part_config') IS NOT NULL
+                      AND EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_partman')
+                THEN (SELECT count(*) FROM partman.part_config WHERE parent_table = ANY($1)) END",
     )
-    .fetch_one(&mut *transaction)
+    .bind(&PARENTS[..])
+    .fetch_one(&mut *connection)
     .await?;
-    if !managed {
+    if parents.unwrap_or(0) == 0 {
         return Ok(false);
     }
-    let parents: i64 = sqlx::query_scalar("SELECT count(*) FROM partman.part_config WHERE parent_table = ANY($1)")
-        .bind(&PARENTS[..])
-        .fetch_one(&mut *transaction)
-        .await?;
-    if parents == 0 {
-        return Ok(false);
-    }
-    sqlx::query(&format!("SET LOCAL lock_timeout = '{}ms'", LOCK_TIMEOUT.as_millis()))
-        .execute(&mut *transaction)
-        .await?;
-    configure(&mut transaction, layout).await?;
+    configure(connection, layout).await?;
+    // One transaction per parent: a partition detached from `tickets` keeps
+    // its parent locked until the commit, not while `ticket_lines` is done.
     for parent in PARENTS {
+        let mut transaction = connection.begin().await?;
+        sqlx::query(&format!("SET LOCAL lock_timeout = '{}ms'", LOCK_TIMEOUT.as_millis()))
+            .execute(&mut *transaction)
+            .await?;
         sqlx::query("SELECT partman.run_maintenance(p_parent_table => $1, p_analyze => false, p_jobmon => false)")
             .bind(parent)
             .execute(&mut *transaction)
             .await?;
+        transaction.commit().await?;
     }
-    transaction.commit().await?;
     Ok(true)
 }
 
