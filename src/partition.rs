@@ -445,15 +445,22 @@ pub async fn configure(connection: &mut PgConnection, layout: &Layout) -> Result
 /// transaction of its own whose locks wait at most [`LOCK_TIMEOUT`]. Does
 /// nothing (`Ok(false)`) when the tables are not managed by pg_partman.
 pub async fn maintain(connection: &mut PgConnection, layout: &Layout) -> Result<bool, sqlx::Error> {
-    let parents: Option<i64> = sqlx::query_scalar(
-        "SELECT CASE WHEN to_regclass('partman.part_config') IS NOT NULL
-                      AND EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_partman')
-                THEN (SELECT count(*) FROM partman.part_config WHERE parent_table = ANY($1)) END",
+    // Two statements: one naming partman.part_config does not parse where
+    // the extension is missing.
+    let installed: bool = sqlx::query_scalar(
+        "SELECT to_regclass('partman.part_config') IS NOT NULL
+                AND EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_partman')",
     )
-    .bind(&PARENTS[..])
     .fetch_one(&mut *connection)
     .await?;
-    if parents.unwrap_or(0) == 0 {
+    if !installed {
+        return Ok(false);
+    }
+    let parents: i64 = sqlx::query_scalar("SELECT count(*) FROM partman.part_config WHERE parent_table = ANY($1)")
+        .bind(&PARENTS[..])
+        .fetch_one(&mut *connection)
+        .await?;
+    if parents == 0 {
         return Ok(false);
     }
     configure(connection, layout).await?;
