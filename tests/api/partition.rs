@@ -245,3 +245,17 @@ async fn the_service_drops_the_partitions_older_than_the_retention_and_keeps_the
     assert_eq!(retention.as_deref(), Some("2 months"), "the configuration file is the truth");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_maintenance_leaves_plain_tables_alone_with_or_without_pg_partman_installed() {
+    let (url, _db) = plain_database().await;
+    let mut connection = PgConnection::connect(&url).await.expect("connect");
+    let layout = Settings::default().partition_layout();
+
+    let without_extension = partition::maintain(&mut connection, &layout).await.expect("no extension");
+    partition::install(&mut connection).await.expect("extension");
+    let with_extension = partition::maintain(&mut connection, &layout).await.expect("extension, no parent");
+
+    assert_eq!((without_extension, with_extension), (false, false));
+    assert_eq!(state(&url).await, State::Plain);
+}
