@@ -20,7 +20,10 @@
 # 200 for the second point), RATE (say "20000 40000": after wrk, each
 # offered rate is also held for 8 s by oha at 100 connections with latency
 # correction, against nginx and each command, printing p50/p99/p99.9; the
-# sample ticket only). Build copies first:
+# sample ticket only), PARTITIONED (which commands' databases are made by
+# `COMMAND migrate --partitioned` before it serves: "2", "1" or "1 2"; the
+# same binary twice with PARTITIONED=2 compares plain and partitioned
+# tables). Build copies first:
 # cp target/release/ticket-ingest /tmp/a.
 # Database: as loadtest/bench.sh.
 set -euo pipefail
@@ -112,9 +115,17 @@ for round in $(seq 1 "$rounds"); do
     echo "round $round: nginx $nginx_rps req/s  $(awk '$1 == "50%" || $1 == "99%" { printf "p%s %s ", substr($1, 1, 2), $2 }' "$work/nginx.txt")"
     fixed_rates "http://127.0.0.1:$nginx_port/ticket"
     nginx -c "$work/nginx.conf" -s stop 2>/dev/null; sleep 0.3
-    for command in "$1" "$2"; do
+    for index in 1 2; do
+        command="${!index}"
         database="ab_$(date +%s%N)"
         psql "$server_url/postgres" -qc "CREATE DATABASE $database"
+        label="$command"
+        if [[ " ${PARTITIONED:-} " == *" $index "* ]]; then
+            # shellcheck disable=SC2086 # COMMAND is a list of words
+            TICKET_INGEST_DATABASE_URL="$server_url/$database" TICKET_INGEST_LOG_LEVEL=warn \
+                $command migrate --partitioned --config config/ticket-ingest.toml >/dev/null
+            label="$command (partitioned)"
+        fi
         rm -rf "$wal_dir"
         port="$(pg_free_port 19191)"
         # shellcheck disable=SC2086 # COMMAND and FLAGS are lists of words
@@ -144,7 +155,7 @@ for round in $(seq 1 "$rounds"); do
         done
         committed=$(( ${accepted:-0} * 1000000000 / (finished - started) ))
         printf '  %-40s %6d committed tickets/s  %s x nginx  p50 %s p99 %s  peak RSS %d MiB\n' \
-            "$command" "$committed" "$(echo "scale=2; $committed / $nginx_rps" | bc)" \
+            "$label" "$committed" "$(echo "scale=2; $committed / $nginx_rps" | bc)" \
             "$(awk '$1 == "50%" { print $2 }' "$work/wrk.txt")" "$(awk '$1 == "99%" { print $2 }' "$work/wrk.txt")" \
             "$(awk '/VmHWM/ { print int($2 / 1024) }' "/proc/$pid/status")"
         printf '  %-40s CPU per ticket: service %d µs, PostgreSQL %d µs, machine %d µs\n' "" \

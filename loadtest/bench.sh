@@ -5,6 +5,8 @@
 #   3. PostgreSQL's own COPY of the same rows      (the database ceiling)
 #   4. optionally (--backlog N): N tickets accepted while the writers are
 #      held back, then the time the writers take to commit them all
+# on a fresh database, with --partitioned one made by `ticket-ingest
+# migrate --partitioned` (pg_partman: postgresql-15-partman),
 # and prints each figure, the ratios, p50/p99 ack latency, peak RSS and the
 # zero-loss check (rows committed >= 202 answers), and appends a CSV row to
 # loadtest/results.csv. Traffic: `sample` posts loadtest/ticket.txt on every
@@ -14,7 +16,7 @@
 # under overload), and a file name posts that file on every request.
 #
 #   loadtest/bench.sh [--ack wal|commit|memory] [--duration 10] [--connections 50]
-#                     [--backlog 100000] [--label TEXT]
+#                     [--backlog 100000] [--label TEXT] [--partitioned]
 #                     [--traffic sample|realistic|large|FILE] [--zipf 1.1] [--malformed 0.02]
 #                     [-- extra ticket-ingest flags, e.g. --writers 3]
 #
@@ -27,7 +29,7 @@ cd "$repo"
 # shellcheck source=scripts/pg.sh
 source scripts/pg.sh
 
-ack=wal duration=10 connections=50 backlog=0 zipf=1.1 malformed=0.02 label="" traffic=realistic
+ack=wal duration=10 connections=50 backlog=0 zipf=1.1 malformed=0.02 label="" traffic=realistic partitioned=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --ack) ack="$2"; shift 2 ;;
@@ -38,8 +40,9 @@ while [ $# -gt 0 ]; do
         --malformed) malformed="$2"; shift 2 ;;
         --label) label="$2"; shift 2 ;;
         --traffic) traffic="$2"; shift 2 ;;
+        --partitioned) partitioned=1; shift ;;
         --) shift; break ;;
-        *) sed -n '2,20p' "$0"; exit 2 ;;
+        *) sed -n '2,22p' "$0"; exit 2 ;;
     esac
 done
 extra_flags=("$@")
@@ -52,7 +55,7 @@ need python3
 
 echo "==> building the release binary"
 cargo build --release --quiet
-binary="$repo/target/release/ticket-ingest"
+binary="${CARGO_TARGET_DIR:-$repo/target}/release/ticket-ingest"
 
 work="$(mktemp -d /var/tmp/ticket-ingest-bench.XXXXXX)"
 chmod 777 "$work"  # the COPY files are written by the PostgreSQL server
@@ -69,6 +72,11 @@ database="bench_$(date +%s)"
 psql "$server_url/postgres" -qc "CREATE DATABASE $database"
 database_url="$server_url/$database"
 sql() { psql "$database_url" -qtAc "$1"; }
+if [ -n "$partitioned" ]; then
+    echo "==> partitioned tables: ticket-ingest migrate --partitioned"
+    TICKET_INGEST_DATABASE_URL="$database_url" TICKET_INGEST_LOG_LEVEL=warn \
+        "$binary" migrate --partitioned --config config/ticket-ingest.toml >/dev/null
+fi
 
 export TICKETS_ZIPF_S="$zipf" TICKETS_MALFORMED="$malformed"
 script=loadtest/tickets.lua
@@ -150,7 +158,7 @@ kill -TERM "$service_pid"; wait "$service_pid" || true
 # --- 3. COPY of the same rows ---------------------------------------------------
 echo "==> COPY of the same $landed tickets and $lines lines"
 sql "CREATE TABLE copy_tickets (LIKE tickets INCLUDING ALL); CREATE TABLE copy_lines (LIKE ticket_lines INCLUDING ALL)"
-sql "COPY tickets TO '$work/tickets.bin' WITH (FORMAT binary); COPY ticket_lines TO '$work/lines.bin' WITH (FORMAT binary)"
+sql "COPY (SELECT * FROM tickets) TO '$work/tickets.bin' WITH (FORMAT binary); COPY (SELECT * FROM ticket_lines) TO '$work/lines.bin' WITH (FORMAT binary)"
 # Both timed bulk writes (COPY, and the backlog drain below) start right
 # after a checkpoint, so that neither pays for the other's dirty pages or
 # for the full-page images a checkpoint in the middle would add.
@@ -203,7 +211,7 @@ fi
 # --- report -------------------------------------------------------------------------
 ratio() { echo "scale=2; $1 / $2" | bc; }
 echo
-echo "ticket-ingest bench: ack=$ack, wrk -t1 -c$connections -d${duration}s, traffic=$traffic (zipf=$zipf, malformed=$malformed) ${extra_flags[*]}"
+echo "ticket-ingest bench${partitioned:+ (partitioned tables)}: ack=$ack, wrk -t1 -c$connections -d${duration}s, traffic=$traffic (zipf=$zipf, malformed=$malformed) ${extra_flags[*]}"
 printf '  %-44s %10s req/s      (p50 %s, p99 %s)\n' "nginx return 200" "$nginx_rps" \
     "$(percentile "$work/nginx.txt" 50)" "$(percentile "$work/nginx.txt" 99)"
 printf '  %-44s %10s tickets/s  (%s x nginx)\n' "ticket-ingest answered+committed" "$ingest_rps" "$(ratio "$ingest_rps" "$nginx_rps")"

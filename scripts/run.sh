@@ -8,6 +8,10 @@
 # The service applies the migrations when it starts. Without admin_tokens
 # configured it generates a review desk token for the run and prints the
 # link that opens the desk (admin_listen, 127.0.0.1:9099).
+# PARTITIONED=1 scripts/run.sh first runs `ticket-ingest migrate
+# --partitioned`: tickets and ticket_lines partitioned by received_at with
+# pg_partman (Debian's postgresql-15-partman must be installed; an existing
+# database's tables are converted, see docs/scaling.md).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -43,4 +47,8 @@ if [ -n "$admin_listen" ] && [ -n "${TICKET_INGEST_ADMIN_TOKENS:-}" ]; then
     echo "==> review desk: http://$admin_listen/login?token=$secret&next=/tickets"
 fi
 echo "==> ticket-ingest will listen on http://$listen (POST /ticket, GET /healthz); Ctrl-C stops it"
+if [ -n "${PARTITIONED:-}" ]; then
+    echo "==> partitioned tables (pg_partman): ticket-ingest migrate --partitioned"
+    cargo run --release --quiet -- migrate --partitioned
+fi
 exec cargo run --release -- serve "$@"

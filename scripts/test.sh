@@ -6,7 +6,13 @@
 # test from it), then, stopping at the first failure: the deployment files
 # (scripts/check-deploy.sh, which also installs promtool and haproxy used by
 # some tests), cargo fmt --check, cargo clippy --all-targets -D warnings,
-# cargo test --all-targets. The cluster is stopped and deleted on exit.
+# cargo test --all-targets, then the API tests a second time on partitioned
+# tables (TEST_SCHEMA=partitioned: every test database is migrated and
+# partitioned with pg_partman before the test uses it). The cluster is
+# stopped and deleted on exit.
+# pg_partman is Debian's postgresql-<major>-partman for the cluster's
+# PostgreSQL: installed when missing and run as root (otherwise the
+# partitioned tests fail, naming the package).
 # tests/api/schemathesis.rs runs schemathesis (PyPI), at the version it
 # names: installed when missing and run as root, into a virtualenv of its
 # own under ~/.cache/ticket-ingest, and exported as SCHEMATHESIS.
@@ -105,6 +111,21 @@ if [ -x "$chromium" ] && command -v "$chromedriver" >/dev/null; then
     echo "browser: $("$chromium" --version 2>/dev/null), $("$chromedriver" --version | cut -d' ' -f1-2)"
 fi
 
+# pg_partman for the cluster's PostgreSQL (src/partition.rs and the second,
+# partitioned pass of the API tests).
+pg_major="$("$PG_BINDIR/pg_config" --version 2>/dev/null | sed -n 's/^PostgreSQL \([0-9]*\).*/\1/p')"
+pg_major="${pg_major:-$(basename "$(dirname "$PG_BINDIR")")}"
+partman_package="postgresql-$pg_major-partman"
+if [ -f "/usr/share/postgresql/$pg_major/extension/pg_partman.control" ]; then
+    :
+elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    step "installing Debian's $partman_package (pg_partman)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$partman_package" >/dev/null
+else
+    echo "$partman_package is missing (the partitioned tests will fail): apt-get install $partman_package, as root" >&2
+fi
+
 step "deployment files: scripts/check-deploy.sh"
 scripts/check-deploy.sh
 step "cargo fmt --check"
@@ -113,4 +134,6 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 step "cargo test --all-targets${*:+ $*}"
 cargo test --all-targets "$@"
+step "the API tests on partitioned tables: TEST_SCHEMA=partitioned cargo test --test api${*:+ $*}"
+TEST_SCHEMA=partitioned cargo test --test api "$@"
 step "all checks passed"

@@ -32,6 +32,7 @@ use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
 
 use crate::database_url::DatabaseUrl;
+use crate::partition::{Interval, Layout};
 
 /// The file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "config/ticket-ingest.toml";
@@ -156,6 +157,18 @@ pub struct Settings {
     pub admin_db_pool_size: u32,
     /// Longest a console statement may run before PostgreSQL cancels it.
     pub admin_statement_timeout_ms: u64,
+    /// Partitions of `tickets` and `ticket_lines` made by `migrate
+    /// --partitioned` and `partition`: `daily` or `monthly`.
+    pub partition_interval: Interval,
+    /// Partitions kept ready ahead of now.
+    pub partition_premake: u32,
+    /// Partitions wholly older than this are dropped by the maintenance, a
+    /// PostgreSQL interval such as `90 days` or `13 months`; empty: kept
+    /// for ever.
+    pub partition_retention: String,
+    /// Seconds between two runs of pg_partman's maintenance by `serve` on a
+    /// partitioned database; 0: the service never runs it (pg_cron does).
+    pub partition_maintenance_s: u64,
 }
 
 impl Default for Settings {
@@ -197,6 +210,10 @@ impl Default for Settings {
             admin_tokens: Vec::new(),
             admin_db_pool_size: 2,
             admin_statement_timeout_ms: 2_000,
+            partition_interval: Interval::Monthly,
+            partition_premake: 4,
+            partition_retention: String::new(),
+            partition_maintenance_s: 3_600,
         }
     }
 }
@@ -340,6 +357,12 @@ impl Settings {
         at_least("admin_db_pool_size", self.admin_db_pool_size as u64, 1)?;
         at_most("admin_db_pool_size", self.admin_db_pool_size as u64, 64)?;
         at_least("admin_statement_timeout_ms", self.admin_statement_timeout_ms, 1)?;
+        at_least("partition_premake", self.partition_premake as u64, 1)?;
+        at_most("partition_premake", self.partition_premake as u64, 1_000)?;
+        if !self.partition_retention.trim().is_empty() && !is_retention(&self.partition_retention) {
+            let reason = "must be a number and a unit (days, weeks, months, years), such as \"90 days\", or empty to keep every partition".to_string();
+            return Err(ConfigError::OutOfRange { key: "partition_retention", reason });
+        }
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(ConfigError::OutOfRange { key: "log_level", reason: error.to_string() });
         }
@@ -396,6 +419,21 @@ impl Settings {
 
     pub fn idempotency_retention(&self) -> Duration {
         Duration::from_secs(self.idempotency_retention_hours * 3600)
+    }
+
+    /// How the partitions are cut, made ahead and kept.
+    pub fn partition_layout(&self) -> Layout {
+        let retention = self.partition_retention.trim();
+        Layout {
+            interval: self.partition_interval,
+            premake: self.partition_premake,
+            retention: (!retention.is_empty()).then(|| retention.to_string()),
+        }
+    }
+
+    /// How often `serve` runs pg_partman's maintenance; `None`: never.
+    pub fn partition_maintenance_every(&self) -> Option<Duration> {
+        (self.partition_maintenance_s > 0).then(|| Duration::from_secs(self.partition_maintenance_s))
     }
 
     /// The console's address; `None` when `admin_listen` is empty.
@@ -523,6 +561,16 @@ fn edit_distance(from: &str, to: &str) -> usize {
     previous_row[to.len()]
 }
 
+/// `90 days`, `1 month`, `2 years`: what `partition_retention` takes (a
+/// subset of PostgreSQL's interval syntax, checked before it reaches the
+/// database).
+fn is_retention(text: &str) -> bool {
+    let mut words = text.split_whitespace();
+    let (Some(number), Some(unit), None) = (words.next(), words.next(), words.next()) else { return false };
+    number.parse::<u32>().is_ok_and(|number| number > 0)
+        && ["day", "days", "week", "weeks", "month", "months", "year", "years"].contains(&unit)
+}
+
 fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
     if value < min {
         return Err(ConfigError::OutOfRange { key, reason: format!("{value} is below the minimum {min}") });
@@ -605,6 +653,18 @@ mod tests {
     /// A field missing from the map (say, skipped when serialized) would be
     /// missing here, and `Settings` would not deserialize from it; an
     /// `Option` would, but the shipped file documents it (test below).
+    #[test]
+    fn a_partition_retention_is_a_number_and_a_unit_or_nothing() {
+        for good in ["", "90 days", "1 month", "13 months", "2 years"] {
+            let settings = load_with(&[("TICKET_INGEST_PARTITION_RETENTION", good)]).expect(good);
+            assert_eq!(settings.partition_layout().retention.is_some(), !good.is_empty());
+        }
+        for bad in ["90", "days", "0 days", "3 fortnights", "1 day; DROP TABLE tickets"] {
+            let error = load_with(&[("TICKET_INGEST_PARTITION_RETENTION", bad)]).expect_err(bad);
+            assert!(error.to_string().to_lowercase().contains("partition_retention"), "{error}");
+        }
+    }
+
     #[test]
     fn the_keys_are_the_fields_of_settings() {
         let from_keys: Settings =

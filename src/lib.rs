@@ -14,6 +14,7 @@
 //! - [`job`]       a ticket in flight: accepted, not yet committed, and its outcome
 //! - [`writer`]    batch writer threads: collect → flush (retry / bisect) → report
 //! - [`store`]     SQL: one statement per table per batch, migrations
+//! - [`partition`] `tickets` and `ticket_lines` partitioned by time with pg_partman: convert, maintain
 //! - [`wal`]       write-ahead log for `ack = wal`: group commit, replay, checkpoints
 //! - [`metrics`]   Prometheus metrics, OpenMetrics text
 //! - [`reload`]    SIGHUP: batch triggers and log level changed at run time
@@ -27,6 +28,7 @@ pub mod http;
 pub mod idempotency;
 pub mod job;
 pub mod metrics;
+pub mod partition;
 pub mod reload;
 pub mod reprocess;
 pub mod signature;

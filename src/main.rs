@@ -1,4 +1,4 @@
-//! `ticket-ingest [serve | migrate | check-config | reprocess | console]`: see `--help`.
+//! `ticket-ingest [serve | migrate | partition | check-config | reprocess | console]`: see `--help`.
 
 use std::path::PathBuf;
 
@@ -10,7 +10,7 @@ use ticket_ingest::config::Settings;
 use ticket_ingest::console::{self, Console};
 use ticket_ingest::reload::{self, Reloader};
 use ticket_ingest::startup::Application;
-use ticket_ingest::{reprocess, store, telemetry};
+use ticket_ingest::{partition, reprocess, store, telemetry};
 
 #[derive(Parser)]
 #[command(version, about = "Cash-register tickets from a webhook into PostgreSQL")]
@@ -29,7 +29,11 @@ enum Command {
     /// Run the webhook service (the default).
     Serve,
     /// Apply pending database migrations, then exit.
-    Migrate,
+    Migrate(MigrateArgs),
+    /// Convert tickets and ticket_lines to tables partitioned by
+    /// received_at (pg_partman), while the service runs; a re-run continues
+    /// where a stopped one left off.
+    Partition(PartitionArgs),
     /// Print the effective configuration, or name the key that is wrong.
     CheckConfig,
     /// Re-parse stored tickets of a status with today's parser and update them.
@@ -37,6 +41,24 @@ enum Command {
     /// Run the review desk alone (`admin_listen`, `admin_tokens`), without
     /// the webhook: it reads and reviews, and may run on another host.
     Console,
+}
+
+#[derive(Args, Clone)]
+struct MigrateArgs {
+    /// Then partition tickets and ticket_lines (as `partition` does; on a
+    /// fresh database the tables are empty and it is instant).
+    #[arg(long)]
+    partitioned: bool,
+}
+
+#[derive(Args, Clone)]
+struct PartitionArgs {
+    /// Tickets moved per transaction.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    batch_size: i64,
+    /// Stop after this many batches; run again to continue.
+    #[arg(long)]
+    max_batches: Option<u64>,
 }
 
 #[derive(Args, Clone)]
@@ -145,7 +167,11 @@ fn run(command: Command, settings: Settings, loader: reload::Loader) -> anyhow::
     let runtime = builder.enable_all().build()?;
     runtime.block_on(async move {
         match command {
-            Command::Migrate => migrate(&settings).await,
+            Command::Migrate(args) => migrate(&settings, args.partitioned).await,
+            Command::Partition(args) => {
+                partition(&settings, partition::Pace { batch_size: args.batch_size, max_batches: args.max_batches })
+                    .await
+            }
             Command::Reprocess(args) => reprocess(&settings, args).await,
             Command::Console => {
                 let console = Console::build_alone(&settings).await?;
@@ -161,12 +187,49 @@ fn run(command: Command, settings: Settings, loader: reload::Loader) -> anyhow::
     })
 }
 
-async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+async fn migrate(settings: &Settings, partitioned: bool) -> anyhow::Result<()> {
     let database = settings.database()?;
     let (pool, _follower) = store::lazy_pool(&database, sqlx::postgres::PgPoolOptions::new().max_connections(1));
     store::point_at_primary(&pool, &database).await.context("connecting to PostgreSQL")?;
     store::migrate(&pool).await.context("applying migrations")?;
     tracing::info!(message = "migrations applied");
+    drop(pool);
+    if partitioned {
+        partition(settings, partition::Pace { batch_size: 1000, max_batches: None }).await?;
+    }
+    Ok(())
+}
+
+async fn partition(settings: &Settings, pace: partition::Pace) -> anyhow::Result<()> {
+    let mut connection = store::connect(&settings.database()?).await.context("connecting to PostgreSQL")?;
+    let layout = settings.partition_layout();
+    let progress = partition::convert(&mut connection, &layout, pace, |progress| {
+        if progress.batches % 100 == 0 {
+            tracing::info!(message = "moving rows", tickets = progress.tickets_moved, lines = progress.lines_moved);
+        }
+    })
+    .await
+    .context("partitioning tickets and ticket_lines (pg_partman: Debian's postgresql-15-partman)")?;
+    if progress.swapped {
+        tracing::info!(
+            message = "tables swapped",
+            lock_wait_ms = progress.swap_lock_wait.as_millis() as u64,
+            lock_held_ms = progress.swap_lock_held.as_millis() as u64
+        );
+    }
+    if progress.finished {
+        println!(
+            "tickets and ticket_lines are partitioned ({}); {} tickets and {} lines moved",
+            layout.interval.as_str(),
+            progress.tickets_moved,
+            progress.lines_moved
+        );
+    } else {
+        println!(
+            "stopped after {} batches ({} tickets, {} lines moved): run `ticket-ingest partition` again to continue",
+            progress.batches, progress.tickets_moved, progress.lines_moved
+        );
+    }
     Ok(())
 }
 

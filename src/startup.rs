@@ -33,6 +33,7 @@ use crate::http::{self, AppState};
 use crate::idempotency::{Answer, RecentKeys};
 use crate::job::Job;
 use crate::metrics::Metrics;
+use crate::partition;
 use crate::signature::Verifier;
 use crate::store;
 use crate::ticket::{NewTicket, ParsedTicket};
@@ -49,6 +50,18 @@ pub struct Application {
     recovered: Vec<Recovered>,
     /// The review desk, on its own listener, when configured.
     console: Option<Console>,
+    /// pg_partman's maintenance on a timer (`partition_maintenance_s`),
+    /// stopped when dropped.
+    partition_maintenance: Option<AbortOnDrop>,
+}
+
+/// A background task stopped when its owner drops this.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Application {
@@ -73,6 +86,10 @@ impl Application {
                 }
             }
         }
+        let partition_maintenance = settings.partition_maintenance_every().map(|every| {
+            let maintain = partition::maintain_every(pool.clone(), settings.partition_layout(), every);
+            AbortOnDrop(tokio::spawn(maintain))
+        });
         let metrics = Arc::new(Metrics::new());
         let admission = Admission::new(settings.queue_capacity, settings.queue_max_bytes);
         let reception = Reception::new(settings.receive_max_bytes, settings.receive_max_bytes_per_peer);
@@ -129,7 +146,7 @@ impl Application {
             tuning,
             schema_ready,
         });
-        Ok(Application { listener, state, writers, wal_thread, recovered, console })
+        Ok(Application { listener, state, writers, wal_thread, recovered, console, partition_maintenance })
     }
 
     /// The batch triggers the writers use; a SIGHUP reload changes them.
@@ -148,7 +165,7 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Application { listener, state, writers, wal_thread, recovered, console } = self;
+        let Application { listener, state, writers, wal_thread, recovered, console, partition_maintenance } = self;
         // The console stops with the webhook listener, first of all.
         let (stop_console, console_stopped) = tokio::sync::watch::channel(false);
         let console = console.map(|console| {
@@ -158,7 +175,7 @@ impl Application {
             }))
         });
         let replaying = tokio::spawn(replay(recovered, Arc::clone(&state.admission), state.queue.clone()));
-        let expiring = tokio::spawn(expire_idempotency_keys(Arc::clone(&state)));
+        let expiring = AbortOnDrop(tokio::spawn(expire_idempotency_keys(Arc::clone(&state))));
         tracing::info!(message = "listening", address = %listener.local_addr()?, ack = ?state.settings.ack, writers = state.settings.writers);
         let connections = GracefulShutdown::new();
         let mut http = http1::Builder::new();
@@ -208,7 +225,7 @@ impl Application {
 
         tracing::info!(message = "shutting down: no new tickets accepted", in_flight = state.admission.in_flight());
         drop(listener);
-        expiring.abort();
+        drop((expiring, partition_maintenance));
         let _ = stop_console.send(true);
         state.admission.close();
         let _ = replaying.await;

@@ -11,8 +11,13 @@
 //! - [`correct_ticket`] stores a corrected body as a new ticket, written by
 //!   the writers' own `store::write_batch` (its lines enter the catalogue),
 //!   and links both: the new one `corrects` the original, the original is
-//!   `superseded_by` the new one. A ticket is corrected once (a unique
-//!   index on `corrects`); a later correction corrects the correction.
+//!   `superseded_by` the new one. A ticket is corrected once: the
+//!   original's row is locked `FOR UPDATE` and a correction refused when
+//!   its `superseded_by` is set, in the correction's transaction, so a
+//!   second correction waits for the first and then sees it. That is the
+//!   rule on partitioned tables, which cannot hold the unique index on
+//!   `corrects` that plain ones also have. A later correction corrects
+//!   the correction.
 //!   The original keeps its lines and their counts in the catalogue: it is
 //!   kept as it was received.
 

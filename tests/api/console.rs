@@ -372,6 +372,45 @@ async fn a_correction_is_a_new_ticket_linked_to_the_original_and_feeds_the_catal
     assert_eq!(desk.post(&format!("/api/v1/tickets/{}/correction", Uuid::now_v7()), "x").await.status(), 404);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_eight_corrections_of_one_ticket_sent_at_once_one_is_stored_and_seven_are_refused() {
+    // No unique index on `corrects` on partitioned tables: the rule is kept
+    // by the correction's lock on the original row, on both schemas.
+    let desk = spawn_desk().await;
+    let original = desk.ingest(INVALID_TICKET).await;
+    let path = format!("/api/v1/tickets/{original}/correction");
+
+    let mut requests = Vec::new();
+    for _ in 0..8 {
+        let request = desk.client.post(format!("{}{path}", desk.base)).bearer_auth(ALICE_SECRET).body(SAMPLE_TICKET);
+        requests.push(tokio::spawn(request.send()));
+    }
+    let mut statuses = Vec::new();
+    for request in requests {
+        statuses.push(request.await.expect("task").expect("sent").status().as_u16());
+    }
+
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409, 409, 409, 409, 409, 409, 409]);
+    let corrections: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets WHERE corrects = $1::uuid")
+        .bind(&original)
+        .fetch_one(&desk.app.db)
+        .await
+        .expect("count");
+    assert_eq!(corrections, 1);
+    let superseded_by: Option<Uuid> = sqlx::query_scalar("SELECT superseded_by FROM tickets WHERE id = $1::uuid")
+        .bind(&original)
+        .fetch_one(&desk.app.db)
+        .await
+        .expect("original");
+    let correction: Uuid = sqlx::query_scalar("SELECT id FROM tickets WHERE corrects = $1::uuid")
+        .bind(&original)
+        .fetch_one(&desk.app.db)
+        .await
+        .expect("correction");
+    assert_eq!(superseded_by, Some(correction));
+}
+
 #[tokio::test]
 async fn a_product_posted_at_two_prices_under_two_names_has_all_of_them_in_its_history() {
     let desk = spawn_desk().await;

@@ -53,6 +53,9 @@ impl Pair {
         pg_sh(&format!("pg_start {primary} {}", pair.primary_port));
         let mut admin = PgConnection::connect(&pair.url(pair.primary_port, "postgres")).await.expect("primary");
         sqlx::query("CREATE DATABASE tickets").execute(&mut admin).await.expect("create database");
+        if crate::helpers::partitioned_schema() {
+            crate::helpers::partition_database(&pair.url(pair.primary_port, "tickets")).await;
+        }
         // initdb -A trust lets local replication connections in; the
         // default wal_level (replica) and max_wal_senders do the rest.
         pg_sh(&format!(

@@ -3,6 +3,12 @@
 //!
 //! `scripts/test.sh` starts a throwaway cluster and exports
 //! `TEST_DATABASE_URL`; each test creates its own database in it.
+//!
+//! The schema matrix: with `TEST_SCHEMA=partitioned` every fresh database
+//! is migrated and partitioned ([`fresh_database`]) before the test uses
+//! it, so each test runs against partitioned `tickets` and `ticket_lines`
+//! (`scripts/test.sh` runs the API tests once on each schema). A test that
+//! needs a particular schema starts from [`empty_database`].
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -27,8 +33,42 @@ pub fn test_database_url() -> String {
         .expect("TEST_DATABASE_URL is not set: run the tests with scripts/test.sh, which starts a throwaway PostgreSQL")
 }
 
-/// Creates an empty database and returns its URL.
+/// The schema the API tests run on: `TEST_SCHEMA`, `plain` (the default)
+/// or `partitioned`.
+pub fn partitioned_schema() -> bool {
+    match std::env::var("TEST_SCHEMA").as_deref() {
+        Ok("partitioned") => true,
+        Ok("plain") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("TEST_SCHEMA={other}: plain or partitioned"),
+    }
+}
+
+/// A database for a test: empty on the plain schema (the service applies
+/// the migrations), migrated and partitioned with `TEST_SCHEMA=partitioned`.
 pub async fn fresh_database() -> String {
+    let url = empty_database().await;
+    if partitioned_schema() {
+        partition_database(&url).await;
+    }
+    url
+}
+
+/// Applies the migrations and partitions `tickets` and `ticket_lines`, as
+/// `ticket-ingest migrate --partitioned` does.
+pub async fn partition_database(url: &str) {
+    let pool = PgPool::connect(url).await.expect("connect to the test database");
+    ticket_ingest::store::migrate(&pool).await.expect("migrations");
+    pool.close().await;
+    let mut connection = PgConnection::connect(url).await.expect("connect to the test database");
+    let pace = ticket_ingest::partition::Pace { batch_size: 1000, max_batches: None };
+    ticket_ingest::partition::convert(&mut connection, &Settings::default().partition_layout(), pace, |_| {})
+        .await
+        .expect("partition the test database (pg_partman: postgresql-15-partman)");
+}
+
+/// Creates an empty database, whatever `TEST_SCHEMA` says, and returns its
+/// URL.
+pub async fn empty_database() -> String {
     let admin_url = test_database_url();
     let name = format!("test_{}", Uuid::now_v7().simple());
     let mut admin = PgConnection::connect(&admin_url).await.expect("connect to TEST_DATABASE_URL");

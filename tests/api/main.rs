@@ -14,6 +14,7 @@ mod helpers;
 mod idempotency;
 mod limits;
 mod openapi;
+mod partition;
 mod reload;
 mod reprocess;
 mod scale;
