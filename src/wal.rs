@@ -25,8 +25,10 @@
 //!
 //! - **Group commit**: one appender thread owns the files. It takes every
 //!   record pending, writes them with one `write`, `fdatasync`s once, then
-//!   answers all of them. A failed write or sync answers every record of
-//!   that group with an error (the request gets `503`, never a false `202`).
+//!   answers all of them: it wakes the first append still waiting, which
+//!   wakes the others from its runtime thread (one wake-up across threads
+//!   per group). A failed write or sync answers every record of that group
+//!   with an error (the request gets `503`, never a false `202`).
 //! - **Cheap syncs**: the active segment is filled with zeros ahead of its
 //!   records, 1 MiB at a time once fewer than 512 KiB are left, so that
 //!   nearly every `fdatasync` overwrites blocks that exist and flushes the
@@ -86,7 +88,46 @@ struct Pending<J> {
     seq: u64,
     /// Queued once the record is durable.
     job: Option<J>,
-    reply: oneshot::Sender<Result<u64, WalError>>,
+    reply: Reply,
+}
+
+type Reply = oneshot::Sender<Delivery>;
+
+/// What the appender sends to one waiting append per group, its leader:
+/// its own outcome, and the rest of the group's, which the leader hands
+/// out from its runtime thread. One wake-up crosses threads per group
+/// rather than one per record: a wake-up from the runtime's own thread
+/// costs no system call and no idle thread woken for each record.
+struct Delivery {
+    own: Result<u64, WalError>,
+    followers: Followers,
+}
+
+/// The outcomes a group's leader hands out. Handed out when dropped, so
+/// that a leader cancelled meanwhile (its client hung up) still does.
+struct Followers(Vec<(Reply, Result<u64, WalError>)>);
+
+impl Drop for Followers {
+    fn drop(&mut self) {
+        for (reply, own) in self.0.drain(..) {
+            let _ = reply.send(Delivery { own, followers: Followers(Vec::new()) });
+        }
+    }
+}
+
+/// Sends a group's outcomes to its first append still waiting, which
+/// hands out the others.
+fn deliver(outcomes: Vec<(Reply, Result<u64, WalError>)>) {
+    let mut outcomes = outcomes.into_iter();
+    while let Some((leader, own)) = outcomes.next() {
+        if leader.is_closed() {
+            continue;
+        }
+        // Should the leader have gone just now, the delivery comes back
+        // and is dropped here, handing out the followers' outcomes.
+        let _ = leader.send(Delivery { own, followers: Followers(outcomes.collect()) });
+        return;
+    }
 }
 
 const MAGIC: &[u8; 8] = b"TIWAL\0\0\x01";
@@ -121,7 +162,7 @@ pub struct Recovered {
     pub record: WalRecord,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum WalError {
     #[error("write-ahead log is full ({0} bytes on disk)")]
     Full(u64),
@@ -135,7 +176,7 @@ pub enum WalError {
 // would cost an allocation per ticket.
 #[allow(clippy::large_enum_variant)]
 enum Message<J> {
-    Append { record: WalRecord, job: Option<J>, reply: oneshot::Sender<Result<u64, WalError>> },
+    Append { record: WalRecord, job: Option<J>, reply: Reply },
     Committed(Vec<u64>),
     Shutdown,
 }
@@ -216,7 +257,10 @@ impl<J: Logged> Wal<J> {
         }
         let (reply, answer) = oneshot::channel();
         self.sender.send(Message::Append { record, job, reply }).map_err(|_| WalError::Closed)?;
-        answer.await.map_err(|_| WalError::Closed)?
+        let Delivery { own, followers } = answer.await.map_err(|_| WalError::Closed)?;
+        // Leading the group: answer the others from this thread.
+        drop(followers);
+        own
     }
 
     /// Records that these sequence numbers are committed in the database.
@@ -431,12 +475,14 @@ impl<J: Logged> Appender<J> {
                     segment.uncommitted += count;
                 }
                 self.metrics.wal_records.inc_by(count as i64);
+                let mut outcomes = Vec::with_capacity(group.len());
                 for Pending { seq, job, reply } in group.drain(..) {
                     if let Some(job) = job {
                         self.hand_to_writers(seq, job);
                     }
-                    let _ = reply.send(Ok(seq));
+                    outcomes.push((reply, Ok(seq)));
                 }
+                deliver(outcomes);
                 self.rotate_if_full();
             }
             Err(error) => {
@@ -448,9 +494,8 @@ impl<J: Logged> Appender<J> {
                 }
                 self.metrics.wal_errors.inc();
                 // Dropping the jobs gives their admission permits back.
-                for Pending { reply, .. } in group.drain(..) {
-                    let _ = reply.send(Err(WalError::Io(error.to_string())));
-                }
+                let refused = WalError::Io(error.to_string());
+                deliver(group.drain(..).map(|pending| (pending.reply, Err(refused.clone()))).collect());
                 self.set_failure(Some(error.to_string()));
                 // The file may hold part of the group: start a fresh segment
                 // so that the next group does not follow a torn record.
@@ -784,6 +829,23 @@ mod tests {
             .collect();
         files.sort();
         files
+    }
+
+    #[test]
+    fn a_group_is_answered_through_its_first_waiting_append_even_if_that_one_goes_away() {
+        let (closed, gone) = oneshot::channel::<Delivery>();
+        drop(gone);
+        let (leader, mut leader_answer) = oneshot::channel();
+        let (follower, mut follower_answer) = oneshot::channel();
+
+        deliver(vec![(closed, Ok(1)), (leader, Ok(2)), (follower, Ok(3))]);
+
+        let follower_early = follower_answer.try_recv();
+        assert!(follower_early.is_err(), "the follower is answered by the leader, not by the appender");
+        let delivery = leader_answer.try_recv().expect("the first append still waiting leads");
+        assert_eq!(delivery.own.as_ref().ok(), Some(&2));
+        drop(delivery); // a leader cancelled before handing out
+        assert_eq!(follower_answer.try_recv().expect("handed out on drop").own.ok(), Some(3));
     }
 
     #[test]
