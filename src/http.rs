@@ -34,9 +34,10 @@ use crate::admission::{Admission, Permit, Receiving, Reception, Refusal};
 use crate::config::{AckMode, Settings};
 use crate::idempotency::{Answer, Claimed, FirstVanished, RecentKeys, Repeat, Repeated};
 use crate::job::{Job, Stored};
+use crate::key_lookup::KeyLookup;
 use crate::metrics::{self, KindLabels, Metrics, StatusLabels};
 use crate::signature::{SignatureError, Verifier};
-use crate::store::{self, StoredKey};
+use crate::store::StoredKey;
 use crate::ticket::{NewTicket, Problem, Status};
 use crate::wal::{Wal, WalError, WalRecord};
 use crate::writer::BatchTuning;
@@ -53,7 +54,7 @@ const TICKET_BYTES: usize = 1024;
 const READY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a request waits for the database to say whether its
 /// idempotency key was stored before.
-const KEY_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+pub const KEY_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// A body may arrive at any pace during its first seconds; after that it
 /// must have averaged `body_min_bytes_per_s`.
 const BODY_RATE_GRACE: Duration = Duration::from_secs(2);
@@ -79,6 +80,8 @@ pub struct AppState {
     pub wal: Wal<Job>,
     /// Idempotency keys seen recently, with their first request's outcome.
     pub recent_keys: RecentKeys<Refused>,
+    /// Asks the database about the keys not in `recent_keys`.
+    pub key_lookup: KeyLookup,
     /// Checks signatures when `signing_secrets` is set.
     pub verifier: Option<Verifier>,
     /// The batch triggers in force (shown in the metrics).
@@ -320,17 +323,17 @@ fn answer_repeated(state: &AppState, repeated: Repeated) -> Result<HttpResponse,
 }
 
 /// The ticket the database holds under `key`, for a key this process does
-/// not remember. When the database cannot say (unreachable, or slower than
+/// not remember (asked with the other requests' keys, [`KeyLookup`]). When
+/// the database cannot say (unreachable, or slower than
 /// [`KEY_LOOKUP_TIMEOUT`]), the keys in memory are all there is to go on:
 /// the ticket is accepted as the first with its key, and counted. Should
 /// the key turn out to be taken when the ticket is written, the ticket is
 /// stored all the same (it was answered `202` with its id) and the key
 /// keeps answering the first one (`store::Written::keys_taken`).
 async fn stored_earlier(state: &AppState, key: &str) -> Option<StoredKey> {
-    let failure = match tokio::time::timeout(KEY_LOOKUP_TIMEOUT, store::stored_key(&state.pool, key)).await {
-        Ok(Ok(found)) => return found,
-        Ok(Err(error)) => error.to_string(),
-        Err(_) => format!("no answer within {KEY_LOOKUP_TIMEOUT:?}"),
+    let failure = match state.key_lookup.stored(key).await {
+        Ok(found) => return found,
+        Err(failure) => failure,
     };
     state.metrics.keys_unchecked.inc();
     tracing::debug!(message = "idempotency key not looked up: the database did not answer", %failure);

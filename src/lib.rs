@@ -10,6 +10,7 @@
 //! - [`signature`] Standard Webhooks signature check (`signing_secrets`)
 //! - [`ticket`]    `ParsedTicket::parse`: raw body → status, fields, lines, problems
 //! - [`idempotency`] recent `Idempotency-Key`s: a repeat waits for its first's answer
+//! - [`key_lookup`] the keys not remembered, looked up in the database in batches
 //! - [`admission`] in-flight budget: a permit per ticket until it is committed
 //! - [`job`]       a ticket in flight: accepted, not yet committed, and its outcome
 //! - [`writer`]    batch writer threads: collect → flush (retry / bisect) → report
@@ -27,6 +28,7 @@ pub mod database_url;
 pub mod http;
 pub mod idempotency;
 pub mod job;
+pub mod key_lookup;
 pub mod metrics;
 pub mod partition;
 pub mod reload;

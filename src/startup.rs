@@ -32,6 +32,7 @@ use crate::console::{Console, LiveNumbers, LiveSource};
 use crate::http::{self, AppState};
 use crate::idempotency::{Answer, RecentKeys};
 use crate::job::Job;
+use crate::key_lookup::KeyLookup;
 use crate::metrics::Metrics;
 use crate::partition;
 use crate::signature::Verifier;
@@ -131,6 +132,7 @@ impl Application {
         }
         let verifier = Verifier::new(&settings.signing_secrets, settings.signing_tolerance_s)
             .map_err(|reason| anyhow::anyhow!("signing_secrets: {reason}"))?;
+        let key_lookup = KeyLookup::spawn(pool.clone(), http::KEY_LOOKUP_TIMEOUT);
         let state = Arc::new(AppState {
             settings,
             admission,
@@ -142,6 +144,7 @@ impl Application {
             pool_follower,
             wal,
             recent_keys,
+            key_lookup,
             verifier,
             tuning,
             schema_ready,

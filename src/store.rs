@@ -473,22 +473,31 @@ pub struct StoredKey {
     pub body_sha256: [u8; 32],
 }
 
-/// Which ticket `key` stands for, if one was stored under it (and not
+/// The tickets these keys stand for, of those stored under one (and not
 /// expired yet).
-pub async fn stored_key(pool: &PgPool, key: &str) -> Result<Option<StoredKey>, sqlx::Error> {
-    let row = sqlx::query("SELECT ticket_id, status, body_sha256 FROM idempotency_keys WHERE key = $1")
-        .bind(key)
-        .fetch_optional(pool)
+pub async fn stored_keys(pool: &PgPool, keys: &[&str]) -> Result<HashMap<String, StoredKey>, sqlx::Error> {
+    // Planned for each call, with the keys in hand: a plan kept from the
+    // first calls, on a table still empty, scanned the whole table for
+    // every lookup once it had grown.
+    let rows = sqlx::query("SELECT key, ticket_id, status, body_sha256 FROM idempotency_keys WHERE key = ANY($1)")
+        .bind(keys)
+        .persistent(false)
+        .fetch_all(pool)
         .await?;
-    let Some(row) = row else { return Ok(None) };
-    let status: String = row.try_get("status")?;
-    let digest: Vec<u8> = row.try_get("body_sha256")?;
-    let undecodable = |what: &str| sqlx::Error::Decode(format!("idempotency_keys.{what} of key {key:?}").into());
-    Ok(Some(StoredKey {
-        ticket_id: row.try_get("ticket_id")?,
-        status: Status::from_name(&status).ok_or_else(|| undecodable("status"))?,
-        body_sha256: digest.try_into().map_err(|_| undecodable("body_sha256"))?,
-    }))
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let key: String = row.try_get("key")?;
+        let status: String = row.try_get("status")?;
+        let digest: Vec<u8> = row.try_get("body_sha256")?;
+        let undecodable = |what: &str| sqlx::Error::Decode(format!("idempotency_keys.{what} of key {key:?}").into());
+        let stored = StoredKey {
+            ticket_id: row.try_get("ticket_id")?,
+            status: Status::from_name(&status).ok_or_else(|| undecodable("status"))?,
+            body_sha256: digest.try_into().map_err(|_| undecodable("body_sha256"))?,
+        };
+        found.insert(key, stored);
+    }
+    Ok(found)
 }
 
 /// Deletes at most `limit` keys stored before `before`, oldest first, in
@@ -503,6 +512,7 @@ pub async fn expire_keys(pool: &PgPool, before: OffsetDateTime, limit: i64) -> R
     )
     .bind(before)
     .bind(limit)
+    .persistent(false)
     .execute(pool)
     .await?;
     Ok(deleted.rows_affected())
