@@ -19,10 +19,13 @@ CREATE TABLE idempotency_keys (
 -- Expiry deletes the oldest keys first.
 CREATE INDEX idempotency_keys_received_at ON idempotency_keys (received_at);
 
+-- The first ticket of each key (a database partitioned before this
+-- migration may hold a key twice).
 INSERT INTO idempotency_keys (key, ticket_id, received_at, status, body_sha256)
-SELECT idempotency_key, id, received_at, status, sha256(raw)
+SELECT DISTINCT ON (idempotency_key) idempotency_key, id, received_at, status, sha256(raw)
 FROM tickets
-WHERE idempotency_key IS NOT NULL;
+WHERE idempotency_key IS NOT NULL
+ORDER BY idempotency_key, received_at, id;
 
 -- tickets.idempotency_key stays, as what the request carried. (A database
 -- partitioned before this migration has no such index.)

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::PgPool;
+use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{self, StoredKey};
@@ -28,32 +29,48 @@ type Reply = oneshot::Sender<Result<Option<StoredKey>, LookupFailed>>;
 #[derive(Clone)]
 pub struct KeyLookup {
     sender: mpsc::UnboundedSender<(String, Reply)>,
+    timeout: Duration,
 }
 
 impl KeyLookup {
-    /// Starts the task that queries `pool`; a query slower than `timeout`
-    /// fails its batch, so that a database that stopped answering holds
-    /// no request longer than that.
-    pub fn spawn(pool: PgPool, timeout: Duration) -> KeyLookup {
+    /// Starts the task that queries `pool` for keys stored within
+    /// `retention`; a query slower than `timeout` fails its batch, and no
+    /// request waits longer than `timeout` for its answer, so that a
+    /// database that stopped answering holds nobody longer than that.
+    pub fn spawn(pool: PgPool, retention: Duration, timeout: Duration) -> KeyLookup {
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, timeout, receiver));
-        KeyLookup { sender }
+        tokio::spawn(run(pool, retention, timeout, receiver));
+        KeyLookup { sender, timeout }
     }
 
     /// The ticket the database holds under `key`, if any.
     pub async fn stored(&self, key: &str) -> Result<Option<StoredKey>, LookupFailed> {
         let (reply, answer) = oneshot::channel();
         self.sender.send((key.to_string(), reply)).map_err(|_| "key lookup stopped".to_string())?;
-        answer.await.map_err(|_| "key lookup stopped".to_string())?
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(answer) => answer.map_err(|_| "key lookup stopped".to_string())?,
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
     }
 }
 
-async fn run(pool: PgPool, timeout: Duration, mut receiver: mpsc::UnboundedReceiver<(String, Reply)>) {
+async fn run(
+    pool: PgPool,
+    retention: Duration,
+    timeout: Duration,
+    mut receiver: mpsc::UnboundedReceiver<(String, Reply)>,
+) {
     let mut batch = Vec::with_capacity(MAX_KEYS_PER_QUERY);
     while receiver.recv_many(&mut batch, MAX_KEYS_PER_QUERY).await > 0 {
+        // Nobody waits for these any more (gone, or past their timeout).
+        batch.retain(|(_, reply)| !reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         let keys: Vec<&str> = batch.iter().map(|(key, _)| key.as_str()).collect();
+        let since = OffsetDateTime::now_utc() - retention;
         let found: Result<HashMap<String, StoredKey>, LookupFailed> =
-            match tokio::time::timeout(timeout, store::stored_keys(&pool, &keys)).await {
+            match tokio::time::timeout(timeout, store::stored_keys(&pool, &keys, since)).await {
                 Ok(Ok(found)) => Ok(found),
                 Ok(Err(error)) => Err(error.to_string()),
                 Err(_) => Err(format!("no answer within {timeout:?}")),

@@ -132,7 +132,7 @@ impl Application {
         }
         let verifier = Verifier::new(&settings.signing_secrets, settings.signing_tolerance_s)
             .map_err(|reason| anyhow::anyhow!("signing_secrets: {reason}"))?;
-        let key_lookup = KeyLookup::spawn(pool.clone(), http::KEY_LOOKUP_TIMEOUT);
+        let key_lookup = KeyLookup::spawn(pool.clone(), settings.idempotency_retention(), http::KEY_LOOKUP_TIMEOUT);
         let state = Arc::new(AppState {
             settings,
             admission,
@@ -296,7 +296,7 @@ async fn expire_idempotency_keys(state: Arc<AppState>) {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     Err(error) => {
-                        tracing::debug!(message = "expiring idempotency keys failed, trying again later", %error);
+                        tracing::warn!(message = "expiring idempotency keys failed, trying again in a minute", %error);
                         break;
                     }
                 }

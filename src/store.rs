@@ -311,15 +311,19 @@ const INSERT_TICKETS: &str = "
     ON CONFLICT DO NOTHING
     RETURNING id";
 
-/// The keys of freshly inserted tickets; returns the tickets whose key
-/// was free.
+/// The keys of freshly inserted tickets (one ticket per key); returns the
+/// tickets whose key was free. A key whose ticket is no longer stored (a
+/// partition dropped by the retention, a ticket deleted by hand) is free
+/// again: it is taken over, so that the key stands for a stored ticket.
 const INSERT_KEYS: &str = "
-    INSERT INTO idempotency_keys (key, ticket_id, received_at, status, body_sha256)
+    INSERT INTO idempotency_keys AS k (key, ticket_id, received_at, status, body_sha256)
     SELECT key, id, received_at, status, sha256(raw)
     FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::bytea[])
-         AS k(id, received_at, key, status, raw)
-    WHERE key IS NOT NULL
-    ON CONFLICT (key) DO NOTHING
+         AS n(id, received_at, key, status, raw)
+    ON CONFLICT (key) DO UPDATE SET
+        ticket_id = EXCLUDED.ticket_id, received_at = EXCLUDED.received_at,
+        status = EXCLUDED.status, body_sha256 = EXCLUDED.body_sha256
+    WHERE NOT EXISTS (SELECT 1 FROM tickets t WHERE t.id = k.ticket_id AND t.received_at = k.received_at)
     RETURNING ticket_id";
 
 const INSERT_LINES: &str = "
@@ -453,7 +457,12 @@ async fn insert_keys(connection: &mut PgConnection, tickets: &[&NewTicket]) -> R
     if keyed.is_empty() {
         return Ok(Vec::new());
     }
-    let columns = TicketColumns::new(&keyed);
+    // The first ticket of the batch with a key claims it (an upsert may
+    // not touch one row twice).
+    let mut seen = HashSet::new();
+    let first_per_key: Vec<&NewTicket> =
+        keyed.iter().copied().filter(|ticket| seen.insert(ticket.idempotency_key.as_deref())).collect();
+    let columns = TicketColumns::new(&first_per_key);
     let query = sqlx::query(INSERT_KEYS)
         .bind(columns.ids)
         .bind(columns.received_at)
@@ -473,17 +482,28 @@ pub struct StoredKey {
     pub body_sha256: [u8; 32],
 }
 
-/// The tickets these keys stand for, of those stored under one (and not
-/// expired yet).
-pub async fn stored_keys(pool: &PgPool, keys: &[&str]) -> Result<HashMap<String, StoredKey>, sqlx::Error> {
+/// The tickets these keys stand for, of those stored under one since
+/// `since` (the retention) and still stored: a key whose ticket is gone
+/// (its partition dropped by the retention) is a new key, never a repeat
+/// of a ticket that is not there.
+pub async fn stored_keys(
+    pool: &PgPool,
+    keys: &[&str],
+    since: OffsetDateTime,
+) -> Result<HashMap<String, StoredKey>, sqlx::Error> {
     // Planned for each call, with the keys in hand: a plan kept from the
     // first calls, on a table still empty, scanned the whole table for
     // every lookup once it had grown.
-    let rows = sqlx::query("SELECT key, ticket_id, status, body_sha256 FROM idempotency_keys WHERE key = ANY($1)")
-        .bind(keys)
-        .persistent(false)
-        .fetch_all(pool)
-        .await?;
+    let rows = sqlx::query(
+        "SELECT k.key, k.ticket_id, k.status, k.body_sha256
+         FROM idempotency_keys k JOIN tickets t ON t.id = k.ticket_id AND t.received_at = k.received_at
+         WHERE k.key = ANY($1) AND k.received_at >= $2",
+    )
+    .bind(keys)
+    .bind(since)
+    .persistent(false)
+    .fetch_all(pool)
+    .await?;
     let mut found = HashMap::with_capacity(rows.len());
     for row in rows {
         let key: String = row.try_get("key")?;

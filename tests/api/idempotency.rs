@@ -362,3 +362,34 @@ async fn retries_under_load_before_and_after_a_restart_store_each_key_once_and_a
         assert!(answered.contains(&id), "{key}: answered {answered:?}, stored {id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_ticket_is_gone_is_a_new_key_not_a_repeat_of_a_missing_ticket() {
+    // A partition dropped by the retention takes its tickets, not their
+    // keys: a repeat must not be answered with an id that is not stored.
+    let settings = crate::helpers::test_settings().await;
+    let app = spawn_app_from(settings.clone()).await;
+    let first = app.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "outlived").await;
+    let first: serde_json::Value = first.json().await.expect("json");
+    app.wait_for_count("tickets", 1).await;
+    app.stop().await;
+    let db = sqlx::PgPool::connect(settings.database_url.as_deref().expect("url")).await.expect("pool");
+    sqlx::query("DELETE FROM ticket_lines").execute(&db).await.expect("lines gone");
+    sqlx::query("DELETE FROM tickets").execute(&db).await.expect("tickets gone");
+
+    let app = spawn_app_from(settings).await;
+    let again = app.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "outlived").await;
+
+    assert_eq!(again.status(), 202);
+    let again: serde_json::Value = again.json().await.expect("json");
+    assert_eq!(again.get("duplicate"), None, "{again}");
+    assert_ne!(again["id"], first["id"]);
+    app.wait_for_count("tickets", 1).await;
+    let stored: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tickets").fetch_one(&db).await.expect("row");
+    assert_eq!(again["id"], stored.to_string(), "the id answered is stored");
+    let key_of: uuid::Uuid = sqlx::query_scalar("SELECT ticket_id FROM idempotency_keys WHERE key = 'outlived'")
+        .fetch_one(&db)
+        .await
+        .expect("key row");
+    assert_eq!(key_of, stored, "the key stands for the stored ticket now");
+}
