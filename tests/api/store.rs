@@ -242,3 +242,37 @@ async fn the_history_migration_backfills_the_lines_already_stored() {
         ]
     );
 }
+
+#[tokio::test]
+async fn the_keys_migration_keeps_the_first_ticket_of_a_key_stored_twice_without_a_unique_index() {
+    // A database partitioned before the keys migration has no unique index
+    // on tickets.idempotency_key, so a key may be there twice.
+    let database_url = empty_database().await;
+    let db = PgPool::connect(&database_url).await.expect("pool");
+    let mut migrator = sqlx::migrate!("./migrations");
+    let all = migrator.migrations.to_vec();
+    migrator.migrations = all.iter().filter(|migration| migration.version < 20261202000001).cloned().collect();
+    migrator.run(&db).await.expect("the migrations before the keys");
+    sqlx::query("DROP INDEX tickets_idempotency_key").execute(&db).await.expect("no unique index");
+    let first = ticket_at(0, &["Café,IZ8z,2.00"]);
+    let second = ticket_at(10, &["Café,IZ8z,2.00"]);
+    for ticket in [&second, &first] {
+        sqlx::query(
+            "INSERT INTO tickets (id, received_at, idempotency_key, status, raw) VALUES ($1, $2, 'twice', 'ok', $3)",
+        )
+        .bind(ticket.id)
+        .bind(ticket.received_at)
+        .bind(ticket.raw.as_ref())
+        .execute(&db)
+        .await
+        .expect("an old ticket");
+    }
+
+    store::migrate(&db).await.expect("the keys migration");
+
+    let kept: Uuid = sqlx::query_scalar("SELECT ticket_id FROM idempotency_keys WHERE key = 'twice'")
+        .fetch_one(&db)
+        .await
+        .expect("one key row");
+    assert_eq!(kept, first.id, "the earliest ticket keeps the key");
+}
