@@ -32,7 +32,9 @@ use uuid::Uuid;
 
 use crate::admission::{Admission, Permit, Receiving, Reception, Refusal};
 use crate::config::{AckMode, Settings};
-use crate::idempotency::{Answer, Claimed, FirstVanished, RecentKeys, Repeat, Repeated};
+use crate::idempotency::{
+    relate, Answer, Claimed, FirstTicket, FirstVanished, RecentKeys, Repeat, Repeated, TicketOnItsWay,
+};
 use crate::job::{Job, Stored};
 use crate::key_lookup::KeyLookup;
 use crate::metrics::{self, KindLabels, Metrics, StatusLabels};
@@ -249,22 +251,28 @@ async fn accept(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>)
     // The permit holds the body from here on.
     drop(receiving);
 
-    let claim = match &ticket.idempotency_key {
+    let claim = match ticket.idempotency_key.clone() {
         None => None,
-        Some(key) => match state.recent_keys.claim(key, ticket.id, &ticket.raw) {
-            Claimed::First(claim) => match stored_earlier(state, key).await {
-                None => Some(claim),
-                Some(stored) => {
-                    // Stored before this process remembers: a repeat of that ticket.
-                    drop((ticket, permit));
-                    let first = Answer { id: stored.ticket_id, status: stored.status };
-                    return answer_repeated(state, claim.stored_earlier(first, stored.body_sha256));
-                }
-            },
-            Claimed::Repeat(repeat) => {
-                // A repeat stores nothing: it only waits for the first's answer.
-                drop((ticket, permit));
-                return answer_repeat(state, repeat).await;
+        Some(key) => loop {
+            match state.recent_keys.claim(&key, ticket.id, &ticket.raw) {
+                Claimed::First(claim) => match stored_earlier(state, &key).await {
+                    None => break Some(claim),
+                    Some(stored) => {
+                        // Stored before this process remembers: a repeat of that ticket.
+                        drop((ticket, permit));
+                        let first = Answer { id: stored.ticket_id, status: stored.status };
+                        return answer_repeated(state, claim.stored_earlier(first, stored.body_sha256));
+                    }
+                },
+                // A repeat stores nothing: it only waits for the first's
+                // answer, unless the first's ticket turns out gone.
+                Claimed::Repeat(repeat) => match answer_repeat(state, &key, repeat).await {
+                    Some(answered) => {
+                        drop((ticket, permit));
+                        return answered;
+                    }
+                    None => continue,
+                },
             }
         },
     };
@@ -277,7 +285,7 @@ async fn accept(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>)
     })
     .map_err(|error| Refused::BadBody(error.to_string()))?;
     let handed_over = match claim {
-        None => hand_over(state, ticket, permit).await,
+        None => hand_over(state, ticket, permit, None).await,
         Some(claim) => {
             // In a task of its own, so that the claim is settled with the
             // ticket's real outcome even if this request is dropped (its
@@ -285,9 +293,10 @@ async fn accept(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>)
             // repeats wait for that outcome, not for the connection.
             let state = Arc::clone(state);
             let settling = tokio::spawn(async move {
-                let handed_over = hand_over(&state, ticket, permit).await;
+                let on_its_way = TicketOnItsWay::new();
+                let handed_over = hand_over(&state, ticket, permit, Some(on_its_way.clone())).await;
                 match &handed_over {
-                    Ok(()) => claim.succeed(answer),
+                    Ok(()) => claim.succeed(answer, &on_its_way),
                     Err(refused) => claim.fail(refused.clone()),
                 }
                 handed_over
@@ -302,12 +311,36 @@ async fn accept(state: &Arc<AppState>, peer: IpAddr, request: Request<Incoming>)
 
 /// A repeated key is answered like its first request, once that one has
 /// its answer: never a `202` before the first ticket is as safe as the ack
-/// mode promises.
-async fn answer_repeat(state: &AppState, repeat: Repeat<Refused>) -> Result<HttpResponse, Refused> {
-    match repeat.outcome().await {
-        Ok(Ok(repeated)) => answer_repeated(state, repeated),
-        Ok(Err(refused)) => Err(refused),
-        Err(FirstVanished) => Err(Refused::FirstVanished),
+/// mode promises. Once the first ticket is written, the key row is the
+/// truth: the ticket it stands for (another instance's, when two took the
+/// key at once), or, when it stands for no stored ticket any more (a
+/// partition dropped by the retention, the key expired), `None`: the key
+/// is forgotten and the request is a first one. When the database cannot
+/// be asked, memory answers.
+async fn answer_repeat(state: &AppState, key: &str, repeat: Repeat<Refused>) -> Option<Result<HttpResponse, Refused>> {
+    let body_hash = repeat.body_hash();
+    let (repeated, first_ticket) = match repeat.outcome().await {
+        Ok(Ok(seen)) => seen,
+        Ok(Err(refused)) => return Some(Err(refused)),
+        Err(FirstVanished) => return Some(Err(Refused::FirstVanished)),
+    };
+    if first_ticket == FirstTicket::OnItsWay {
+        return Some(answer_repeated(state, repeated));
+    }
+    match state.key_lookup.stored(key).await {
+        Ok(Some(stored)) => {
+            let first = Answer { id: stored.ticket_id, status: stored.status };
+            state.recent_keys.stands_for(key, first, stored.body_sha256);
+            Some(answer_repeated(state, relate(body_hash, first, stored.body_sha256)))
+        }
+        Ok(None) => {
+            state.recent_keys.forget_written(key, repeated.first().id);
+            None
+        }
+        Err(failure) => {
+            tracing::debug!(message = "repeat answered from memory: the database did not answer", %failure);
+            Some(answer_repeated(state, repeated))
+        }
     }
 }
 
@@ -349,11 +382,17 @@ fn refused_by_budget(refusal: Refusal) -> Refused {
 
 /// Makes the ticket as safe as the ack mode promises, and queues it for
 /// the writers. `Ok` means the request may be answered `202`.
-async fn hand_over(state: &AppState, ticket: NewTicket, permit: Permit) -> Result<(), Refused> {
+async fn hand_over(
+    state: &AppState,
+    ticket: NewTicket,
+    permit: Permit,
+    on_its_way: Option<TicketOnItsWay>,
+) -> Result<(), Refused> {
     match state.settings.ack {
-        AckMode::Memory => enqueue(state, Job::new(ticket, permit)),
+        AckMode::Memory => enqueue(state, Job::new(ticket, permit).on_its_way(on_its_way)),
         AckMode::Commit => {
             let (job, outcome) = Job::awaited(ticket, permit);
+            let job = job.on_its_way(on_its_way);
             enqueue(state, job)?;
             // Writers answer every ticket they take; a closed channel means
             // the process is going down before the commit.
@@ -372,7 +411,7 @@ async fn hand_over(state: &AppState, ticket: NewTicket, permit: Permit) -> Resul
             };
             // The appender queues the job once the record is durable, even
             // if this request is cancelled meanwhile (the client hung up).
-            let job = Job::new(ticket, permit);
+            let job = Job::new(ticket, permit).on_its_way(on_its_way);
             state.wal.append(record, Some(job)).await.map_err(Refused::from)?;
             Ok(())
         }

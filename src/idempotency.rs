@@ -19,6 +19,16 @@
 //!   the first request looks it up in the database while it holds the
 //!   claim, and [`Claim::stored_earlier`] turns it into a repeat of the
 //!   stored ticket, for itself and for the repeats waiting on it.
+//! - Memory never outlives the row. While the first ticket is on its way
+//!   to the database (its job holds a [`TicketOnItsWay`]), memory is all
+//!   there is and a repeat is answered from it. Once the writers are done
+//!   with it, the database is the truth: the caller looks the key up for
+//!   each repeat ([`FirstTicket::Written`]) and answers with the ticket the
+//!   key row stands for ([`RecentKeys::stands_for`]: another instance's,
+//!   when two took the key at once), or, when the key no longer stands for
+//!   a stored ticket (its partition dropped by the retention, the key
+//!   expired), forgets it ([`RecentKeys::forget_written`]) and takes the
+//!   request as a first.
 //! - Bodies are compared by SHA-256, the digest the database keeps too.
 //! - Bounded: [`CAPACITY`] keys, the oldest forgotten first.
 //!
@@ -27,7 +37,7 @@
 //! created it, so forgetting a key does not scan the queue.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -62,9 +72,54 @@ pub enum Repeated {
     Conflict(Answer),
 }
 
-/// The first request's outcome, as its repeats see it: its answer and the
-/// hash of its body, or how the caller describes its refusal (`F`).
-type Outcome<F> = Option<Result<(Answer, BodyHash), F>>;
+/// Travels with the job of a key's first ticket, and is dropped with it
+/// once the writers are done with the ticket (written, or given up): until
+/// then a repeat is answered from memory, after that from the database.
+#[derive(Debug, Clone, Default)]
+pub struct TicketOnItsWay(Arc<()>);
+
+impl TicketOnItsWay {
+    pub fn new() -> TicketOnItsWay {
+        TicketOnItsWay::default()
+    }
+
+    fn watch(&self) -> Weak<()> {
+        Arc::downgrade(&self.0)
+    }
+}
+
+/// Where the first request's ticket is, as a repeat finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstTicket {
+    /// Still on its way to the database: memory is the truth.
+    OnItsWay,
+    /// The writers are done with it (or it was found stored): the key row
+    /// is the truth, if the database can be asked.
+    Written,
+}
+
+/// A first request that succeeded: its answer, the hash of its body, and
+/// whether its ticket is still on its way.
+#[derive(Debug, Clone)]
+struct Settled {
+    answer: Answer,
+    body_hash: BodyHash,
+    on_its_way: Weak<()>,
+}
+
+impl Settled {
+    fn first_ticket(&self) -> FirstTicket {
+        if self.on_its_way.strong_count() > 0 {
+            FirstTicket::OnItsWay
+        } else {
+            FirstTicket::Written
+        }
+    }
+}
+
+/// The first request's outcome, as its repeats see it, or how the caller
+/// describes its refusal (`F`).
+type Outcome<F> = Option<Result<Settled, F>>;
 
 pub struct RecentKeys<F> {
     inner: Arc<Mutex<Inner<F>>>,
@@ -136,17 +191,52 @@ impl<F: Clone + Send + Sync + 'static> RecentKeys<F> {
 
     /// Remembers a key whose ticket was answered before this process
     /// started (a record of the write-ahead log, replayed now), so that a
-    /// repeat gets the id acknowledged the first time.
-    pub fn remember(&self, key: &str, answer: Answer, body: &[u8]) {
+    /// repeat gets the id acknowledged the first time. The replayed job
+    /// carries what this returns.
+    pub fn remember(&self, key: &str, answer: Answer, body: &[u8]) -> TicketOnItsWay {
+        let on_its_way = TicketOnItsWay::new();
+        let settled = Settled { answer, body_hash: body_hash(body), on_its_way: on_its_way.watch() };
+        self.settle_anew(key, settled, false);
+        on_its_way
+    }
+
+    /// The database says `key` stands for the ticket `answer`, with a body
+    /// hashing to `first_body_hash`: later repeats get that one.
+    pub fn stands_for(&self, key: &str, answer: Answer, first_body_hash: BodyHash) {
+        let settled = Settled { answer, body_hash: first_body_hash, on_its_way: Weak::new() };
+        self.settle_anew(key, settled, true);
+    }
+
+    /// Forgets `key` if it still stands for the written ticket `first_id`:
+    /// the database no longer holds that ticket under it.
+    pub fn forget_written(&self, key: &str, first_id: Uuid) {
         let mut inner = lock(&self.inner);
-        if inner.entries.contains_key(key) {
-            return;
+        let written = inner.entries.get(key).is_some_and(|entry| {
+            entry.first_id == first_id
+                && matches!(&*entry.outcome.borrow(), Some(Ok(settled)) if settled.first_ticket() == FirstTicket::Written)
+        });
+        if written {
+            inner.entries.remove(key);
+        }
+    }
+
+    /// Puts `settled` in for `key`: as a new entry, or, with `replace`, over
+    /// a settled one (never over a first request still under way).
+    fn settle_anew(&self, key: &str, settled: Settled, replace: bool) {
+        let mut inner = lock(&self.inner);
+        if let Some(entry) = inner.entries.get(key) {
+            let under_way = entry.outcome.borrow().is_none();
+            if !replace || under_way {
+                return;
+            }
+            inner.entries.remove(key);
         }
         inner.evict_to(CAPACITY - 1);
         let generation = inner.next_generation;
         inner.next_generation += 1;
-        let (_settled, outcome) = watch::channel(Some(Ok((answer, body_hash(body)))));
-        inner.entries.insert(key.to_string(), Entry { generation, first_id: answer.id, outcome });
+        let first_id = settled.answer.id;
+        let (_settled, outcome) = watch::channel(Some(Ok(settled)));
+        inner.entries.insert(key.to_string(), Entry { generation, first_id, outcome });
         inner.order.push_back((key.to_string(), generation));
     }
 
@@ -173,15 +263,21 @@ impl<F: Clone + Send + Sync + 'static> Default for RecentKeys<F> {
 
 impl<F> Inner<F> {
     /// Forgets the oldest settled keys until at most `keep` are left. A
-    /// key whose first request is still under way is kept (moved to the
-    /// back): its repeats must keep finding it.
+    /// key whose first request is still under way, or whose ticket is still
+    /// on its way to the database, is kept (moved to the back): its repeats
+    /// must keep finding it, the database cannot answer for it yet.
     fn evict_to(&mut self, keep: usize) {
         let mut passes = self.order.len();
         while self.entries.len() > keep && passes > 0 {
             passes -= 1;
             let Some((key, generation)) = self.order.pop_front() else { break };
             let Some(entry) = self.entries.get(&key).filter(|entry| entry.generation == generation) else { continue };
-            if entry.outcome.borrow().is_none() {
+            let under_way = match &*entry.outcome.borrow() {
+                None => true,
+                Some(Ok(settled)) => settled.first_ticket() == FirstTicket::OnItsWay,
+                Some(Err(_)) => false,
+            };
+            if under_way {
                 self.order.push_back((key, generation));
                 continue;
             }
@@ -204,10 +300,12 @@ impl<F> Inner<F> {
 }
 
 impl<F> Claim<F> {
-    /// The first request is answered `202` with `answer`: its repeats get it too.
-    pub fn succeed(mut self, answer: Answer) {
+    /// The first request is answered `202` with `answer`: its repeats get
+    /// it too, from memory while its job holds `on_its_way`.
+    pub fn succeed(mut self, answer: Answer, on_its_way: &TicketOnItsWay) {
         if let Some(sender) = self.sender.take() {
-            sender.send_replace(Some(Ok((answer, self.body_hash))));
+            let settled = Settled { answer, body_hash: self.body_hash, on_its_way: on_its_way.watch() };
+            sender.send_replace(Some(Ok(settled)));
         }
     }
 
@@ -219,7 +317,8 @@ impl<F> Claim<F> {
             entry.first_id = answer.id;
         }
         if let Some(sender) = self.sender.take() {
-            sender.send_replace(Some(Ok((answer, first_body_hash))));
+            let settled = Settled { answer, body_hash: first_body_hash, on_its_way: Weak::new() };
+            sender.send_replace(Some(Ok(settled)));
         }
         relate(self.body_hash, answer, first_body_hash)
     }
@@ -246,20 +345,34 @@ impl<F> Drop for Claim<F> {
 
 impl<F: Clone> Repeat<F> {
     /// Waits for the first request's outcome: how this repeat relates to it
-    /// once it succeeded, or the refusal it got.
-    pub async fn outcome(mut self) -> Result<Result<Repeated, F>, FirstVanished> {
+    /// once it succeeded, and where its ticket is; or the refusal it got.
+    pub async fn outcome(mut self) -> Result<Result<(Repeated, FirstTicket), F>, FirstVanished> {
         let settled = self.outcome.wait_for(Option::is_some).await.map_err(|_| FirstVanished)?;
         let result = match settled.as_ref() {
-            Some(Ok((answer, first_body_hash))) => Ok(relate(self.body_hash, *answer, *first_body_hash)),
+            Some(Ok(first)) => Ok((relate(self.body_hash, first.answer, first.body_hash), first.first_ticket())),
             Some(Err(refusal)) => Err(refusal.clone()),
             None => return Err(FirstVanished),
         };
         Ok(result)
     }
+
+    /// The SHA-256 of this repeat's body.
+    pub fn body_hash(&self) -> BodyHash {
+        self.body_hash
+    }
+}
+
+impl Repeated {
+    /// The first request's answer.
+    pub fn first(&self) -> Answer {
+        match self {
+            Repeated::Duplicate(first) | Repeated::Conflict(first) => *first,
+        }
+    }
 }
 
 /// The same body is a duplicate of the first, another one a conflict.
-fn relate(body_hash: BodyHash, first: Answer, first_body_hash: BodyHash) -> Repeated {
+pub fn relate(body_hash: BodyHash, first: Answer, first_body_hash: BodyHash) -> Repeated {
     if body_hash == first_body_hash {
         Repeated::Duplicate(first)
     } else {
@@ -302,9 +415,9 @@ mod tests {
         assert!(!waiting.is_finished(), "a repeat must not be answered before the first is");
 
         let given = answer();
-        claim.succeed(given);
+        claim.succeed(given, &TicketOnItsWay::new());
 
-        assert_eq!(waiting.await.expect("task"), Ok(Ok(Repeated::Duplicate(given))));
+        assert_eq!(waiting.await.expect("task"), Ok(Ok((Repeated::Duplicate(given), FirstTicket::Written))));
     }
 
     #[tokio::test]
@@ -335,22 +448,25 @@ mod tests {
     async fn another_body_under_the_same_key_is_a_conflict_with_the_first_id() {
         let keys = RecentKeys::new();
         let given = answer();
-        first(keys.claim("k", given.id, b"first body")).succeed(given);
+        first(keys.claim("k", given.id, b"first body")).succeed(given, &TicketOnItsWay::new());
 
         let outcome = repeat(keys.claim("k", Uuid::now_v7(), b"corrected body")).outcome().await;
 
-        assert_eq!(outcome, Ok(Ok(Repeated::Conflict(given))));
+        assert_eq!(outcome, Ok(Ok((Repeated::Conflict(given), FirstTicket::Written))));
     }
 
     #[tokio::test]
     async fn a_remembered_key_answers_its_repeats_with_the_acknowledged_id() {
         let keys = RecentKeys::<&'static str>::new();
         let given = answer();
-        keys.remember("from-the-log", given, b"body");
+        let on_its_way = keys.remember("from-the-log", given, b"body");
 
         let outcome = repeat(keys.claim("from-the-log", Uuid::now_v7(), b"body")).outcome().await;
 
-        assert_eq!(outcome, Ok(Ok(Repeated::Duplicate(given))));
+        assert_eq!(outcome, Ok(Ok((Repeated::Duplicate(given), FirstTicket::OnItsWay))));
+        drop(on_its_way);
+        let outcome = repeat(keys.claim("from-the-log", Uuid::now_v7(), b"body")).outcome().await;
+        assert_eq!(outcome, Ok(Ok((Repeated::Duplicate(given), FirstTicket::Written))));
     }
 
     #[tokio::test]
@@ -362,8 +478,8 @@ mod tests {
         let stored = answer();
 
         assert_eq!(claim.stored_earlier(stored, body_hash(b"body")), Repeated::Duplicate(stored));
-        assert_eq!(same_body.outcome().await, Ok(Ok(Repeated::Duplicate(stored))));
-        assert_eq!(other_body.outcome().await, Ok(Ok(Repeated::Conflict(stored))));
+        assert_eq!(same_body.outcome().await, Ok(Ok((Repeated::Duplicate(stored), FirstTicket::Written))));
+        assert_eq!(other_body.outcome().await, Ok(Ok((Repeated::Conflict(stored), FirstTicket::Written))));
         assert_eq!(keys.first_id("k"), Some(stored.id));
     }
 
@@ -375,7 +491,11 @@ mod tests {
 
         assert_eq!(claim.stored_earlier(stored, body_hash(b"first body")), Repeated::Conflict(stored));
         let later = repeat(keys.claim("k", Uuid::now_v7(), b"first body")).outcome().await;
-        assert_eq!(later, Ok(Ok(Repeated::Duplicate(stored))), "later repeats compare with the stored body");
+        assert_eq!(
+            later,
+            Ok(Ok((Repeated::Duplicate(stored), FirstTicket::Written))),
+            "later repeats compare with the stored body"
+        );
     }
 
     #[test]
@@ -384,7 +504,7 @@ mod tests {
         let _pending = first(keys.claim("under-way", Uuid::now_v7(), b"x"));
         for number in 0..CAPACITY {
             if let Claimed::First(claim) = keys.claim(&number.to_string(), Uuid::now_v7(), b"x") {
-                claim.succeed(answer());
+                claim.succeed(answer(), &TicketOnItsWay::new());
             }
         }
         assert!(keys.first_id("under-way").is_some(), "its repeats must still find it");
@@ -396,15 +516,53 @@ mod tests {
         let keys = RecentKeys::<&'static str>::new();
         let claim = first(keys.claim("reused", Uuid::now_v7(), b"x"));
         claim.fail("refused");
-        first(keys.claim("reused", Uuid::now_v7(), b"x")).succeed(answer());
+        first(keys.claim("reused", Uuid::now_v7(), b"x")).succeed(answer(), &TicketOnItsWay::new());
         for number in 0..CAPACITY {
             if let Claimed::First(claim) = keys.claim(&number.to_string(), Uuid::now_v7(), b"x") {
-                claim.succeed(answer());
+                claim.succeed(answer(), &TicketOnItsWay::new());
             }
         }
         assert_eq!(keys.len(), CAPACITY);
         assert!(keys.first_id("reused").is_none(), "the oldest key goes first");
         assert!(keys.first_id("0").is_some());
         assert!(keys.first_id(&(CAPACITY - 1).to_string()).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_first_ticket_is_on_its_way_until_its_job_lets_go_and_a_written_key_can_be_forgotten_or_replaced() {
+        let keys = RecentKeys::<&'static str>::new();
+        let given = answer();
+        let on_its_way = TicketOnItsWay::new();
+        first(keys.claim("k", given.id, b"body")).succeed(given, &on_its_way);
+        let job_holds = on_its_way.clone();
+        drop(on_its_way);
+
+        let outcome = repeat(keys.claim("k", Uuid::now_v7(), b"body")).outcome().await;
+        assert_eq!(outcome, Ok(Ok((Repeated::Duplicate(given), FirstTicket::OnItsWay))));
+        keys.forget_written("k", given.id);
+        assert_eq!(keys.first_id("k"), Some(given.id), "a ticket on its way is not forgotten");
+
+        drop(job_holds);
+        let elsewhere = answer();
+        keys.stands_for("k", elsewhere, body_hash(b"body"));
+        let outcome = repeat(keys.claim("k", Uuid::now_v7(), b"body")).outcome().await;
+        assert_eq!(outcome, Ok(Ok((Repeated::Duplicate(elsewhere), FirstTicket::Written))));
+        keys.forget_written("k", given.id);
+        assert_eq!(keys.first_id("k"), Some(elsewhere.id), "only the ticket named is forgotten");
+        keys.forget_written("k", elsewhere.id);
+        assert!(matches!(keys.claim("k", Uuid::now_v7(), b"body"), Claimed::First(_)));
+    }
+
+    #[test]
+    fn a_ticket_still_on_its_way_is_not_forgotten_to_make_room() {
+        let keys = RecentKeys::<&'static str>::new();
+        let on_its_way = TicketOnItsWay::new();
+        first(keys.claim("on-its-way", Uuid::now_v7(), b"x")).succeed(answer(), &on_its_way);
+        for number in 0..CAPACITY {
+            if let Claimed::First(claim) = keys.claim(&number.to_string(), Uuid::now_v7(), b"x") {
+                claim.succeed(answer(), &TicketOnItsWay::new());
+            }
+        }
+        assert!(keys.first_id("on-its-way").is_some(), "the database cannot answer for it yet");
     }
 }

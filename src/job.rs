@@ -7,6 +7,7 @@
 use tokio::sync::oneshot;
 
 use crate::admission::Permit;
+use crate::idempotency::TicketOnItsWay;
 use crate::ticket::NewTicket;
 use crate::wal::Logged;
 
@@ -20,6 +21,9 @@ pub struct Job {
     pub reply: Option<oneshot::Sender<Stored>>,
     /// The ticket's write-ahead log record, reported committed after the flush.
     pub wal_seq: Option<u64>,
+    /// For the first ticket of an idempotency key: dropped with the job,
+    /// which tells the idempotency window the writers are done with it.
+    pub on_its_way: Option<TicketOnItsWay>,
 }
 
 /// What became of a ticket the writers took.
@@ -39,13 +43,20 @@ impl Job {
     /// A job for a ticket that is not in the log and whose sender does not
     /// wait for the commit (`ack = memory`).
     pub fn new(ticket: NewTicket, permit: Permit) -> Job {
-        Job { ticket, permit, reply: None, wal_seq: None }
+        Job { ticket, permit, reply: None, wal_seq: None, on_its_way: None }
     }
 
     /// A job whose sender waits for the outcome (`ack = commit`).
     pub fn awaited(ticket: NewTicket, permit: Permit) -> (Job, oneshot::Receiver<Stored>) {
         let (reply, outcome) = oneshot::channel();
-        (Job { ticket, permit, reply: Some(reply), wal_seq: None }, outcome)
+        (Job { ticket, permit, reply: Some(reply), wal_seq: None, on_its_way: None }, outcome)
+    }
+
+    /// The job carries the key's [`TicketOnItsWay`], if its ticket is the
+    /// first of a key.
+    pub fn on_its_way(mut self, on_its_way: Option<TicketOnItsWay>) -> Job {
+        self.on_its_way = on_its_way;
+        self
     }
 
     /// Whether the writers may give this ticket up at shutdown without

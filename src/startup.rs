@@ -30,7 +30,7 @@ use crate::admission::{Admission, Reception, Refusal};
 use crate::config::Settings;
 use crate::console::{Console, LiveNumbers, LiveSource};
 use crate::http::{self, AppState};
-use crate::idempotency::{Answer, RecentKeys};
+use crate::idempotency::{Answer, RecentKeys, TicketOnItsWay};
 use crate::job::Job;
 use crate::key_lookup::KeyLookup;
 use crate::metrics::Metrics;
@@ -47,8 +47,9 @@ pub struct Application {
     state: Arc<AppState>,
     writers: Writers,
     wal_thread: WalThread<Job>,
-    /// Records the log held at start, not known to be committed.
-    recovered: Vec<Recovered>,
+    /// Records the log held at start, not known to be committed, each with
+    /// the idempotency window's [`TicketOnItsWay`] when it has a key.
+    recovered: Vec<(Recovered, Option<TicketOnItsWay>)>,
     /// The review desk, on its own listener, when configured.
     console: Option<Console>,
     /// pg_partman's maintenance on a timer (`partition_maintenance_s`),
@@ -124,11 +125,14 @@ impl Application {
         // The keys of the records still in the log were acknowledged before
         // this start: a retry arriving during the replay gets the same id.
         let recent_keys = RecentKeys::new();
-        for Recovered { record, .. } in &recovered {
-            if let Some(key) = &record.idempotency_key {
+        let mut replayed = Vec::with_capacity(recovered.len());
+        for recovered in recovered {
+            let on_its_way = recovered.record.idempotency_key.as_deref().map(|key| {
+                let record = &recovered.record;
                 let answer = Answer { id: record.id, status: ParsedTicket::parse(&record.raw).status };
-                recent_keys.remember(key, answer, &record.raw);
-            }
+                recent_keys.remember(key, answer, &record.raw)
+            });
+            replayed.push((recovered, on_its_way));
         }
         let verifier = Verifier::new(&settings.signing_secrets, settings.signing_tolerance_s)
             .map_err(|reason| anyhow::anyhow!("signing_secrets: {reason}"))?;
@@ -149,6 +153,7 @@ impl Application {
             tuning,
             schema_ready,
         });
+        let recovered = replayed;
         Ok(Application { listener, state, writers, wal_thread, recovered, console, partition_maintenance })
     }
 
@@ -327,13 +332,17 @@ async fn migrate_once_reachable(pool: sqlx::PgPool, schema_ready: Arc<AtomicBool
 /// for room in the budget when there are more than it admits. Their ids are
 /// the original ones, so a record committed just before a crash is skipped
 /// by the database (`ON CONFLICT DO NOTHING`), not stored twice.
-async fn replay(recovered: Vec<Recovered>, admission: Arc<Admission>, queue: crossbeam_channel::Sender<Job>) {
+async fn replay(
+    recovered: Vec<(Recovered, Option<TicketOnItsWay>)>,
+    admission: Arc<Admission>,
+    queue: crossbeam_channel::Sender<Job>,
+) {
     if recovered.is_empty() {
         return;
     }
     let total = recovered.len();
     tracing::info!(message = "replaying the write-ahead log", records = total);
-    for (done, Recovered { seq, record }) in recovered.into_iter().enumerate() {
+    for (done, (Recovered { seq, record }, on_its_way)) in recovered.into_iter().enumerate() {
         let permit = loop {
             match admission.try_acquire() {
                 Ok(permit) => break permit,
@@ -349,7 +358,7 @@ async fn replay(recovered: Vec<Recovered>, admission: Arc<Admission>, queue: cro
             }
         };
         let ticket = NewTicket::known(record.id, record.received_at, record.idempotency_key, record.raw);
-        let mut job = Job::new(ticket, permit);
+        let mut job = Job::new(ticket, permit).on_its_way(on_its_way);
         job.wal_seq = Some(seq);
         if queue.try_send(job).is_err() {
             tracing::error!(message = "writers stopped during replay; the rest stays in the log", replayed = done);

@@ -311,20 +311,34 @@ const INSERT_TICKETS: &str = "
     ON CONFLICT DO NOTHING
     RETURNING id";
 
-/// The keys of freshly inserted tickets (one ticket per key); returns the
-/// tickets whose key was free. A key whose ticket is no longer stored (a
-/// partition dropped by the retention, a ticket deleted by hand) is free
-/// again: it is taken over, so that the key stands for a stored ticket.
+/// The keys of freshly inserted tickets (one ticket per key), where free;
+/// returns the tickets whose key this took. A key row another writer has
+/// inserted and not committed yet is waited for: committed, it stands.
 const INSERT_KEYS: &str = "
-    INSERT INTO idempotency_keys AS k (key, ticket_id, received_at, status, body_sha256)
+    INSERT INTO idempotency_keys (key, ticket_id, received_at, status, body_sha256)
     SELECT key, id, received_at, status, sha256(raw)
     FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::bytea[])
          AS n(id, received_at, key, status, raw)
-    ON CONFLICT (key) DO UPDATE SET
-        ticket_id = EXCLUDED.ticket_id, received_at = EXCLUDED.received_at,
-        status = EXCLUDED.status, body_sha256 = EXCLUDED.body_sha256
-    WHERE NOT EXISTS (SELECT 1 FROM tickets t WHERE t.id = k.ticket_id AND t.received_at = k.received_at)
+    ON CONFLICT (key) DO NOTHING
     RETURNING ticket_id";
+
+/// Locks the key rows that were taken, in key order (writers lock keys in
+/// the same order: no deadlock), so that [`TAKE_OVER_KEYS`], a statement
+/// of its own and hence a snapshot taken after these locks, sees the
+/// ticket of a key committed by a writer this one waited for.
+const LOCK_KEYS: &str = "SELECT key FROM idempotency_keys WHERE key = ANY($1) ORDER BY key FOR UPDATE";
+
+/// A key whose ticket is no longer stored (a partition dropped by the
+/// retention, a ticket deleted by hand) is free again: it is taken over,
+/// so that the key stands for a stored ticket. Returns the tickets whose
+/// key this took.
+const TAKE_OVER_KEYS: &str = "
+    UPDATE idempotency_keys k SET
+        ticket_id = n.id, received_at = n.received_at, status = n.status, body_sha256 = sha256(n.raw)
+    FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::bytea[])
+         AS n(id, received_at, key, status, raw)
+    WHERE k.key = n.key AND NOT ticket_is_stored(k.ticket_id, k.received_at)
+    RETURNING n.id";
 
 const INSERT_LINES: &str = "
     INSERT INTO ticket_lines (ticket_id, received_at, line_no, product_id, name, price)
@@ -451,28 +465,50 @@ pub async fn write_batch_skipping_stored(
 }
 
 /// Stores the keys of freshly inserted `tickets`; returns the tickets
-/// whose key already stood for another ticket.
+/// whose key already stood for another ticket, still stored. First wins,
+/// always: a key is only taken over from a ticket that is gone, and a key
+/// committed by a writer this one waited for is seen as taken.
 async fn insert_keys(connection: &mut PgConnection, tickets: &[&NewTicket]) -> Result<Vec<Uuid>, sqlx::Error> {
     let keyed: Vec<&NewTicket> = tickets.iter().copied().filter(|ticket| ticket.idempotency_key.is_some()).collect();
     if keyed.is_empty() {
         return Ok(Vec::new());
     }
     // The first ticket of the batch with a key claims it (an upsert may
-    // not touch one row twice).
+    // not touch one row twice), in key order.
     let mut seen = HashSet::new();
-    let first_per_key: Vec<&NewTicket> =
+    let mut first_per_key: Vec<&NewTicket> =
         keyed.iter().copied().filter(|ticket| seen.insert(ticket.idempotency_key.as_deref())).collect();
-    let columns = TicketColumns::new(&first_per_key);
-    let query = sqlx::query(INSERT_KEYS)
-        .bind(columns.ids)
-        .bind(columns.received_at)
-        .bind(columns.keys)
-        .bind(columns.statuses)
-        .bind(columns.raws);
-    let rows = query.fetch_all(connection).await?;
-    let stored: HashSet<Uuid> = rows.iter().map(|row| row.try_get::<Uuid, _>(0)).collect::<Result<_, _>>()?;
-    Ok(keyed.iter().map(|ticket| ticket.id).filter(|id| !stored.contains(id)).collect())
+    first_per_key.sort_by(|a, b| a.idempotency_key.cmp(&b.idempotency_key));
+    let mut claimed =
+        ticket_ids(bind_key_columns(sqlx::query(INSERT_KEYS), &first_per_key).fetch_all(&mut *connection).await?)?;
+    let contested: Vec<&NewTicket> =
+        first_per_key.iter().copied().filter(|ticket| !claimed.contains(&ticket.id)).collect();
+    if !contested.is_empty() {
+        let keys: Vec<&str> = contested.iter().filter_map(|ticket| ticket.idempotency_key.as_deref()).collect();
+        sqlx::query(LOCK_KEYS).bind(keys).fetch_all(&mut *connection).await?;
+        let query = bind_key_columns(sqlx::query(TAKE_OVER_KEYS), &contested);
+        claimed.extend(ticket_ids(query.fetch_all(&mut *connection).await?)?);
+    }
+    Ok(keyed.iter().map(|ticket| ticket.id).filter(|id| !claimed.contains(id)).collect())
 }
+
+/// Binds the columns [`INSERT_KEYS`] and [`TAKE_OVER_KEYS`] read.
+fn bind_key_columns<'q>(query: PgQuery<'q>, tickets: &[&'q NewTicket]) -> PgQuery<'q> {
+    let columns = TicketColumns::new(tickets);
+    query.bind(columns.ids).bind(columns.received_at).bind(columns.keys).bind(columns.statuses).bind(columns.raws)
+}
+
+fn ticket_ids(rows: Vec<sqlx::postgres::PgRow>) -> Result<HashSet<Uuid>, sqlx::Error> {
+    rows.iter().map(|row| row.try_get::<Uuid, _>(0)).collect()
+}
+
+/// The lookup of [`stored_keys`], `$1` the keys: by the primary key only,
+/// whatever the statistics say of the key times (a condition on
+/// `received_at` here once made the plan scan every recent key), each
+/// key's ticket checked after (`ticket_is_stored`, also during a
+/// conversion to partitions).
+pub const STORED_KEYS_SQL: &str = "SELECT key, ticket_id, received_at, status, body_sha256
+    FROM idempotency_keys WHERE key = ANY($1) AND ticket_is_stored(ticket_id, received_at)";
 
 /// The ticket an idempotency key stands for in the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -491,21 +527,14 @@ pub async fn stored_keys(
     keys: &[&str],
     since: OffsetDateTime,
 ) -> Result<HashMap<String, StoredKey>, sqlx::Error> {
-    // Planned for each call, with the keys in hand: a plan kept from the
-    // first calls, on a table still empty, scanned the whole table for
-    // every lookup once it had grown.
-    let rows = sqlx::query(
-        "SELECT k.key, k.ticket_id, k.status, k.body_sha256
-         FROM idempotency_keys k JOIN tickets t ON t.id = k.ticket_id AND t.received_at = k.received_at
-         WHERE k.key = ANY($1) AND k.received_at >= $2",
-    )
-    .bind(keys)
-    .bind(since)
-    .persistent(false)
-    .fetch_all(pool)
-    .await?;
+    // Planned for each call, with the keys in hand.
+    let rows = sqlx::query(STORED_KEYS_SQL).bind(keys).persistent(false).fetch_all(pool).await?;
     let mut found = HashMap::with_capacity(rows.len());
     for row in rows {
+        let received_at: OffsetDateTime = row.try_get("received_at")?;
+        if received_at < since {
+            continue;
+        }
         let key: String = row.try_get("key")?;
         let status: String = row.try_get("status")?;
         let digest: Vec<u8> = row.try_get("body_sha256")?;

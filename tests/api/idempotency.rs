@@ -393,3 +393,157 @@ async fn a_key_whose_ticket_is_gone_is_a_new_key_not_a_repeat_of_a_missing_ticke
         .expect("key row");
     assert_eq!(key_of, stored, "the key stands for the stored ticket now");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_remembered_in_memory_whose_ticket_is_gone_is_a_new_key_not_a_repeat_of_a_missing_ticket() {
+    // The same instance keeps running: its memory of the key must not
+    // outlive the row (a partition dropped by the retention, here a
+    // DELETE, takes the ticket while the instance remembers its key).
+    let app = spawn_app().await;
+    let first = app.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "remembered").await;
+    let first: serde_json::Value = first.json().await.expect("json");
+    app.wait_for_count("tickets", 1).await;
+    sqlx::query("DELETE FROM ticket_lines").execute(&app.db).await.expect("lines gone");
+    sqlx::query("DELETE FROM tickets").execute(&app.db).await.expect("tickets gone");
+
+    let again = app.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "remembered").await;
+
+    assert_eq!(again.status(), 202);
+    let again: serde_json::Value = again.json().await.expect("json");
+    assert_eq!(again.get("duplicate"), None, "a duplicate of a ticket that is not stored: {again}");
+    assert_ne!(again["id"], first["id"]);
+    app.wait_for_count("tickets", 1).await;
+    let stored: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tickets").fetch_one(&app.db).await.expect("row");
+    assert_eq!(again["id"], stored.to_string(), "the id answered is stored");
+    let third = app.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "remembered").await;
+    let third: serde_json::Value = third.json().await.expect("json");
+    assert_eq!((&third["id"], &third["duplicate"]), (&again["id"], &serde_json::Value::Bool(true)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_is_answered_with_the_ticket_the_key_row_stands_for() {
+    // Two instances took a key's first request at the same instant: both
+    // stored their ticket, the key row keeps one. Once that is known, the
+    // repeats get the key row's ticket, from either instance.
+    let app = spawn_app().await;
+    let first = app.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "raced").await;
+    let first: serde_json::Value = first.json().await.expect("json");
+    app.wait_for_count("tickets", 1).await;
+    // What the other instance's ticket looks like once written: its own
+    // row, and the key row pointing at it.
+    let other = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO tickets (id, received_at, idempotency_key, status, order_id, vat, total, problems, raw)
+         SELECT $1, received_at, idempotency_key, status, order_id, vat, total, problems, raw FROM tickets",
+    )
+    .bind(other)
+    .execute(&app.db)
+    .await
+    .expect("the other instance's ticket");
+    sqlx::query(
+        "UPDATE idempotency_keys SET ticket_id = $1, received_at = (SELECT received_at FROM tickets WHERE id = $1)",
+    )
+    .bind(other)
+    .execute(&app.db)
+    .await
+    .expect("key row");
+
+    let again = app.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "raced").await;
+
+    let again: serde_json::Value = again.json().await.expect("json");
+    assert_ne!(first["id"], other.to_string());
+    assert_eq!((&again["id"], &again["duplicate"]), (&serde_json::Value::from(other.to_string()), &true.into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeat_during_a_conversion_to_partitions_gets_the_first_id_and_stores_nothing() {
+    // The conversion moves old tickets in batches: until it has moved a
+    // ticket, the ticket is in tickets_unpartitioned, and its key still
+    // stands for it.
+    let settings = crate::helpers::test_settings().await;
+    if crate::helpers::partitioned_schema() {
+        return; // Already partitioned: there is nothing to convert.
+    }
+    let database_url = settings.database_url.clone().expect("url");
+    let app = spawn_app_from(settings.clone()).await;
+    let mut first_ids = Vec::new();
+    for number in 0..5 {
+        let response =
+            app.post_ticket_with_header(numbered_ticket(number), "Idempotency-Key", &format!("k{number}")).await;
+        let body: serde_json::Value = response.json().await.expect("json");
+        first_ids.push(body["id"].clone());
+    }
+    app.wait_for_count("tickets", 5).await;
+    app.stop().await;
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url).await.expect("connect");
+    let pace = ticket_ingest::partition::Pace { batch_size: 100, max_batches: Some(0) };
+    let progress = ticket_ingest::partition::convert(&mut connection, &settings.partition_layout(), pace, |_| {})
+        .await
+        .expect("swap");
+    assert!(progress.swapped && progress.tickets_moved == 0, "{progress:?}");
+
+    // A fresh instance: nothing in memory, every key looked up.
+    let app = spawn_app_from(settings).await;
+    for (number, first_id) in first_ids.iter().enumerate() {
+        let key = format!("k{number}");
+        let again = app.post_ticket_with_header(numbered_ticket(number as u64), "Idempotency-Key", &key).await;
+        let again: serde_json::Value = again.json().await.expect("json");
+        assert_eq!((&again["id"], &again["duplicate"]), (first_id, &true.into()), "{key}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (new, old, moved_keys): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM tickets), (SELECT count(*) FROM tickets_unpartitioned),
+                (SELECT count(*) FROM idempotency_keys k WHERE NOT EXISTS
+                    (SELECT 1 FROM tickets_unpartitioned t WHERE t.id = k.ticket_id))",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("counts");
+    assert_eq!((new, old, moved_keys), (0, 5, 0), "nothing stored again, no key moved off its first ticket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_stuck_keyed_requests_are_not_held_by_the_key_lookup_one_after_the_other() {
+    // `tickets` locked (as a database that stopped answering): the key
+    // lookups cannot finish. The outage rule (accept into the WAL, the key
+    // unchecked) applies at once once that is known, not after a lookup
+    // that waits its full timeout on every request.
+    // The keys were stored by another instance (or before a restart):
+    // this one must look each up, and the lookup reads `tickets`.
+    let mut settings = crate::helpers::test_settings().await;
+    settings.ack = AckMode::Wal;
+    let other = spawn_app_from(settings.clone()).await;
+    for number in 0..20 {
+        let key = format!("stuck-{number}");
+        let answer = other.post_ticket_with_header(numbered_ticket(number), "Idempotency-Key", &key).await;
+        assert_eq!(answer.status(), 202);
+    }
+    other.wait_for_count("tickets", 20).await;
+    other.stop().await;
+    settings.wal_dir = crate::helpers::temp_dir("wal");
+    let app = spawn_app_from(settings).await;
+    let locked = TicketsLocked::take(&app.database_url).await;
+
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for number in 0..20 {
+        let key = format!("stuck-{number}");
+        let answer = app.post_ticket_with_header(numbered_ticket(number), "Idempotency-Key", &key).await;
+        assert_eq!(answer.status(), 202);
+        let answer: serde_json::Value = answer.json().await.expect("json");
+        ids.push(answer["id"].as_str().expect("id").to_string());
+    }
+    let took = started.elapsed();
+    locked.release().await;
+
+    assert!(took < Duration::from_secs(6), "20 keyed tickets one after the other took {took:?}");
+    app.wait_for_count("tickets", 40).await;
+    for id in ids {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM tickets WHERE id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&app.db)
+            .await
+            .expect("count");
+        assert_eq!(stored, 1, "{id} answered 202 and stored once");
+    }
+}

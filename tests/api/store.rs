@@ -276,3 +276,78 @@ async fn the_keys_migration_keeps_the_first_ticket_of_a_key_stored_twice_without
         .expect("one key row");
     assert_eq!(kept, first.id, "the earliest ticket keeps the key");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_committed_by_another_writer_while_this_one_waited_keeps_its_first_ticket() {
+    // Two writers race on one key: the first commits it while the second
+    // waits on the key row; first wins, always, and the second's ticket
+    // is stored and reported as under a key already taken.
+    let database_url = fresh_database().await;
+    let (db, mut first_connection) = migrated(database_url.clone()).await;
+    let mut second_connection = PgConnection::connect(&database_url).await.expect("second connection");
+    let first = new_ticket(1, Some("raced"));
+    let second = new_ticket(2, Some("raced"));
+    let mut first_transaction = first_connection.begin().await.expect("begin");
+    store::write_batch(&mut first_transaction, &[&first]).await.expect("first writer");
+
+    let second_ticket = second.clone();
+    let second_writer =
+        tokio::spawn(
+            async move { store::write_batch_skipping_stored(&mut second_connection, &[&second_ticket]).await },
+        );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!second_writer.is_finished(), "the second writer waits on the key row");
+    first_transaction.commit().await.expect("commit");
+    let written = second_writer.await.expect("task").expect("second writer");
+
+    assert_eq!((written.tickets, written.keys_taken.clone()), (1, vec![second.id]));
+    let key_of: Uuid = sqlx::query_scalar("SELECT ticket_id FROM idempotency_keys WHERE key = 'raced'")
+        .fetch_one(&db)
+        .await
+        .expect("key row");
+    assert_eq!(key_of, first.id, "the key keeps its first ticket");
+    assert_eq!(count(&db, "tickets").await, 2);
+}
+
+#[tokio::test]
+async fn the_key_lookup_reads_only_the_keys_asked_whatever_the_statistics_say() {
+    // After a bulk expiry, or before one, the statistics may say most key
+    // rows are past the retention: the lookup must still read the keys
+    // asked by the primary key, never every recent key.
+    let (db, _connection) = migrated_database().await;
+    // Statistics taken while every key was a month old; the keys are
+    // recent now (no analyze since: autovacuum is off for the table).
+    sqlx::query("ALTER TABLE idempotency_keys SET (autovacuum_enabled = false)")
+        .execute(&db)
+        .await
+        .expect("no autovacuum");
+    sqlx::query(
+        "INSERT INTO idempotency_keys (key, ticket_id, received_at, status, body_sha256)
+         SELECT 'key-' || n, gen_random_uuid(), now() - interval '30 days', 'ok', sha256(n::text::bytea)
+         FROM generate_series(1, 200000) n",
+    )
+    .execute(&db)
+    .await
+    .expect("keys");
+    sqlx::query("ANALYZE idempotency_keys").execute(&db).await.expect("analyze");
+    sqlx::query("UPDATE idempotency_keys SET received_at = now() - interval '1 hour'")
+        .execute(&db)
+        .await
+        .expect("recent");
+    let keys: Vec<String> = (1..=50).map(|n| format!("key-{n}")).collect();
+    let since = OffsetDateTime::now_utc() - time::Duration::days(7);
+
+    let mut connection = db.acquire().await.expect("connection");
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN (FORMAT TEXT) {}", store::STORED_KEYS_SQL))
+        .bind(&keys)
+        .fetch_all(&mut *connection)
+        .await
+        .expect("plan");
+    let plan = plan.join("\n");
+    drop(connection);
+
+    assert!(plan.contains("idempotency_keys_pkey"), "{plan}");
+    assert!(!plan.contains("idempotency_keys_received_at"), "{plan}");
+    let found = store::stored_keys(&db, &keys.iter().map(String::as_str).collect::<Vec<_>>(), since).await;
+    assert_eq!(found.expect("lookup").len(), 0, "those keys' tickets are not stored");
+}
