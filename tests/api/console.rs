@@ -319,6 +319,11 @@ async fn two_reviews_are_both_kept_with_who_and_when() {
     assert_eq!(listed["tickets"][0]["review"]["decision"], "accepted", "the latest review is listed");
     let rewrite = sqlx::query("UPDATE ticket_reviews SET decision = 'accepted'").execute(&desk.app.db).await;
     assert!(rewrite.is_err(), "the trail cannot be rewritten");
+    let deleted = sqlx::query("DELETE FROM ticket_reviews").execute(&desk.app.db).await;
+    assert!(deleted.is_err(), "the trail cannot be deleted");
+    let truncated = sqlx::query("TRUNCATE ticket_reviews").execute(&desk.app.db).await;
+    assert!(truncated.is_err(), "the trail cannot be truncated");
+    assert_eq!(crate::helpers::count(&desk.app.db, "ticket_reviews").await, 2);
     assert_eq!(desk.post_json(&path, &serde_json::json!({ "decision": "maybe" })).await.status(), 400);
     let unknown = format!("/api/v1/tickets/{}/review", Uuid::now_v7());
     assert_eq!(desk.post_json(&unknown, &serde_json::json!({ "decision": "accepted" })).await.status(), 404);
