@@ -72,6 +72,7 @@ pub async fn record_review(
     if note.chars().count() > MAX_NOTE_CHARS {
         return Err(ConsoleError::BadRequest(format!("note longer than {MAX_NOTE_CHARS} characters")));
     }
+    super::storable_text("note", note)?;
     let row = sqlx::query(
         "INSERT INTO ticket_reviews (id, ticket_id, decision, note, reviewer, reviewed_at)
          SELECT $1, t.id, $3, $4, $5, clock_timestamp() FROM tickets t WHERE t.id = $2

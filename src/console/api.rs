@@ -42,7 +42,7 @@ async fn handle(
     let path = request.uri().path().to_string();
     let rest = path.strip_prefix("/api/v1/").ok_or(ConsoleError::NotFound("route"))?;
     let segments: Vec<&str> = rest.split('/').collect();
-    let mut params = Params::parse(request.uri().query());
+    let mut params = Params::parse(request.uri().query())?;
     let method = request.method().clone();
     let pool = &state.pool;
     match segments.as_slice() {
@@ -189,9 +189,7 @@ fn ticket_filter(params: &mut Params) -> Result<TicketFilter, ConsoleError> {
 
 fn time_param(params: &mut Params, name: &'static str) -> Result<Option<OffsetDateTime>, ConsoleError> {
     let Some(text) = params.take(name) else { return Ok(None) };
-    OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
-        .map(Some)
-        .map_err(|_| ConsoleError::BadRequest(format!("{name}: an RFC 3339 time, e.g. 2026-12-01T00:00:00Z")))
+    queries::bounded_time(&text).map(Some).ok_or_else(|| ConsoleError::BadRequest(queries::time_error(name)))
 }
 
 fn limit(params: &mut Params) -> Result<i64, ConsoleError> {
@@ -228,11 +226,15 @@ struct Params {
 }
 
 impl Params {
-    fn parse(query: Option<&str>) -> Params {
-        let pairs = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+    fn parse(query: Option<&str>) -> Result<Params, ConsoleError> {
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
             .map(|(key, value)| (key.into_owned(), value.into_owned()))
             .collect();
-        Params { pairs }
+        for (key, value) in &pairs {
+            super::storable_text(key, key)?;
+            super::storable_text(key, value)?;
+        }
+        Ok(Params { pairs })
     }
 
     /// The value of `name` (the last one given), `None` when absent or empty.

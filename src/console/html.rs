@@ -17,8 +17,8 @@ use time::OffsetDateTime;
 
 use super::actions::MAX_NOTE_CHARS;
 use super::auth::{Caller, CSRF_FIELD};
-use super::escape_html;
 use super::queries::{ProductVersion, TicketDetail};
+use super::{escape_html, escape_html_value};
 
 /// The one style sheet, inline: tables, forms, problem highlights.
 const STYLE: &str = "
@@ -42,6 +42,7 @@ form.filters{display:flex;gap:.8em;flex-wrap:wrap;align-items:end;margin:.5em 0}
 form.filters label{display:flex;flex-direction:column;font-size:.9em}
 .actions{display:flex;gap:2em;flex-wrap:wrap}.actions form{background:#fff;border:1px solid #d8dce3;padding:.6em .8em}
 textarea{font-family:ui-monospace,monospace}
+.ctl{color:#b00020;font-size:.8em}
 svg.chart{background:#fff;border:1px solid #d8dce3}
 .muted{color:#667}
 ";
@@ -86,6 +87,17 @@ pub fn query_string(pairs: &[(&str, &str)]) -> String {
         }
     }
     serializer.finish()
+}
+
+/// Where a product's page is: `/products/{id}`, or `/products?id=` for
+/// the ids `.` and `..`, which a browser would take for the directory
+/// itself or its parent (in any encoding: `%2E` too).
+pub fn product_href(product_id: &str) -> String {
+    if product_id == "." || product_id == ".." {
+        format!("/products?{}", query_string(&[("id", product_id)]))
+    } else {
+        format!("/products/{}", path_segment(product_id))
+    }
 }
 
 /// A path segment percent-encoded (a product id may hold `/`, `?`, `#`).
@@ -231,10 +243,10 @@ pub fn lines_table(ticket: &TicketDetail) -> String {
     for line in &ticket.lines {
         let _ = write!(
             table,
-            "<tr><td class=\"num\"><a href=\"#L{0}\">{0}</a></td><td><a href=\"/products/{1}\">{2}</a></td>\
+            "<tr><td class=\"num\"><a href=\"#L{0}\">{0}</a></td><td><a href=\"{1}\">{2}</a></td>\
              <td class=\"name\">{3}</td><td class=\"num\">{4}</td></tr>",
             line.line_no,
-            escape_html(&path_segment(&line.product_id)),
+            escape_html(&product_href(&line.product_id)),
             escape_html(&line.product_id),
             escape_html(&line.name),
             line.price
@@ -293,7 +305,7 @@ pub fn ticket_forms(caller: &Caller, ticket: &TicketDetail, text: Option<&str>) 
                 "<form id=\"correction\" method=\"post\" action=\"/tickets/{id}/correction\">{csrf}\
                  <p><strong>Correct</strong>: store this body as a new ticket correcting this one.</p>\
                  <textarea name=\"raw\" rows=\"10\" cols=\"60\">{}</textarea><br><button>Store correction</button></form>",
-                escape_html(text.unwrap_or(""))
+                escape_html_value(text.unwrap_or(""))
             );
         }
     }

@@ -51,6 +51,7 @@ pub mod pages;
 pub mod queries;
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,8 +148,9 @@ pub enum ConsoleError {
     Timeout,
     #[error("{0}")]
     Unavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// The details go to the log, never into a response.
+    #[error("the desk could not answer this request: the service's log says why")]
+    Internal,
 }
 
 impl ConsoleError {
@@ -162,7 +164,7 @@ impl ConsoleError {
             ConsoleError::Conflict(_) => StatusCode::CONFLICT,
             ConsoleError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ConsoleError::Timeout | ConsoleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ConsoleError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ConsoleError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -201,11 +203,12 @@ impl From<sqlx::Error> for ConsoleError {
                 ConsoleError::Conflict("a concurrent change conflicts with this one: retry".to_string())
             }
             (_, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)) => {
-                ConsoleError::Unavailable(format!("database unavailable: {error}"))
+                tracing::warn!(message = "console query: database unavailable", %error);
+                ConsoleError::Unavailable("database unavailable: try again".to_string())
             }
             _ => {
                 tracing::warn!(message = "console query failed", %error);
-                ConsoleError::Internal(error.to_string())
+                ConsoleError::Internal
             }
         }
     }
@@ -411,6 +414,29 @@ fn login_page(status: StatusCode, next: &str, error: Option<&str>) -> HttpRespon
 /// `text` with `& < > " '` replaced by entities: safe in element content
 /// and in quoted attribute values.
 pub fn escape_html(text: &str) -> String {
+    escape(text, |escaped, control| {
+        let _ =
+            write!(escaped, "<span class=\"ctl\" title=\"a text direction control\">[U+{:04X}]</span>", control as u32);
+    })
+}
+
+/// As [`escape_html`], for a form field's value (an `<input>`'s `value`,
+/// a `<textarea>`): a text direction control stays itself once submitted,
+/// written as a character reference.
+pub fn escape_html_value(text: &str) -> String {
+    escape(text, |escaped, control| {
+        let _ = write!(escaped, "&#x{:X};", control as u32);
+    })
+}
+
+/// The text direction controls (Unicode's bidi embeddings, overrides,
+/// isolates and marks): shown as they are, they reorder what follows, so
+/// that `Croi\u{202E}ssant` reads `Croitnass`.
+fn is_direction_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+fn escape(text: &str, control: impl Fn(&mut String, char)) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -419,10 +445,20 @@ pub fn escape_html(text: &str) -> String {
             '>' => escaped.push_str("&gt;"),
             '"' => escaped.push_str("&quot;"),
             '\'' => escaped.push_str("&#39;"),
+            c if is_direction_control(c) => control(&mut escaped, c),
             _ => escaped.push(c),
         }
     }
     escaped
+}
+
+/// Refuses text PostgreSQL cannot store or compare (`text` takes no NUL),
+/// naming where it came from.
+pub(crate) fn storable_text(name: &str, text: &str) -> Result<(), ConsoleError> {
+    if text.contains('\0') {
+        return Err(ConsoleError::BadRequest(format!("{}: must not contain a NUL byte", name.escape_debug())));
+    }
+    Ok(())
 }
 
 /// A whole HTML document without the caller's name (login, refusals
@@ -477,6 +513,7 @@ fn percent_decoded(segment: &str) -> Result<String, ConsoleError> {
     if decoded.is_empty() {
         return Err(ConsoleError::NotFound("product"));
     }
+    storable_text("product", &decoded)?;
     Ok(decoded)
 }
 

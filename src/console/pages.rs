@@ -36,9 +36,9 @@ use uuid::Uuid;
 
 use super::actions::{self, Decision};
 use super::auth::{Caller, CSRF_FIELD};
-use super::html::{self, document, path_segment, query_string};
+use super::html::{self, document, query_string};
 use super::queries::{self, ProductFilter, StatsWindow, TicketCursor, TicketFilter, TicketStatus};
-use super::{escape_html, percent_decoded, ticket_id, ConsoleError, ConsoleState};
+use super::{escape_html, escape_html_value, percent_decoded, ticket_id, ConsoleError, ConsoleState};
 use crate::http::HttpResponse;
 
 /// Largest review form body.
@@ -58,7 +58,7 @@ async fn handle(
     request: Request<Incoming>,
 ) -> Result<HttpResponse, ConsoleError> {
     let path = request.uri().path().to_string();
-    let params = Params::parse(request.uri().query());
+    let params = Params::parse(request.uri().query())?;
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let is_get = request.method() == Method::GET || request.method() == Method::HEAD;
     let is_post = request.method() == Method::POST;
@@ -83,7 +83,10 @@ async fn handle(
             };
             Ok(see_other(&format!("/tickets/{id}?done={done}")))
         }
-        ["products"] if is_get => product_list(state, caller, &params).await,
+        ["products"] if is_get => match params.get("id") {
+            Some(product_id) => product_page(state, caller, product_id).await,
+            None => product_list(state, caller, &params).await,
+        },
         ["products", product_id] if is_get => product_page(state, caller, &percent_decoded(product_id)?).await,
         ["" | "tickets" | "products"] | ["tickets" | "products", _] => Err(ConsoleError::MethodNotAllowed("GET, HEAD")),
         ["tickets", _, "review" | "reprocess" | "correction"] => Err(ConsoleError::MethodNotAllowed("POST")),
@@ -215,7 +218,7 @@ async fn ticket_list(state: &ConsoleState, caller: &Caller, params: &Params) -> 
         let _ = write!(
             body,
             "<label>{label}<input name=\"{name}\" value=\"{}\" placeholder=\"{hint}\"></label>",
-            escape_html(params.get(name).unwrap_or(""))
+            escape_html_value(params.get(name).unwrap_or(""))
         );
     }
     body.push_str("<button>Filter</button> <a href=\"/tickets\">clear</a></form>");
@@ -379,7 +382,7 @@ async fn product_list(state: &ConsoleState, caller: &Caller, params: &Params) ->
     let mut body = format!(
         "<form class=\"filters\" id=\"search\" method=\"get\" action=\"/products\"><label>product id or name\
          <input name=\"q\" value=\"{}\" autofocus></label><button>Search</button></form>",
-        escape_html(q)
+        escape_html_value(q)
     );
     if listing.products.is_empty() {
         body.push_str("<p id=\"none\">No product matches.</p>");
@@ -391,9 +394,9 @@ async fn product_list(state: &ConsoleState, caller: &Caller, params: &Params) ->
         for product in &listing.products {
             let _ = write!(
                 body,
-                "<tr class=\"product\"><td><a href=\"/products/{}\">{}</a></td><td class=\"name\">{}</td>\
+                "<tr class=\"product\"><td><a href=\"{}\">{}</a></td><td class=\"name\">{}</td>\
                  <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
-                escape_html(&path_segment(&product.product_id)),
+                escape_html(&html::product_href(&product.product_id)),
                 escape_html(&product.product_id),
                 escape_html(&product.name),
                 product.price,
@@ -501,9 +504,7 @@ fn problem_codes(problems: &serde_json::Value) -> Vec<String> {
 
 fn time_param(params: &Params, name: &'static str) -> Result<Option<OffsetDateTime>, ConsoleError> {
     let Some(text) = params.get(name) else { return Ok(None) };
-    OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .map(Some)
-        .map_err(|_| ConsoleError::BadRequest(format!("{name}: an RFC 3339 time, e.g. 2026-12-01T00:00:00Z")))
+    queries::bounded_time(text).map(Some).ok_or_else(|| ConsoleError::BadRequest(queries::time_error(name)))
 }
 
 async fn read_form(body: Incoming, max: usize) -> Result<Params, ConsoleError> {
@@ -512,7 +513,7 @@ async fn read_form(body: Incoming, max: usize) -> Result<Params, ConsoleError> {
         Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(ConsoleError::TooLarge(max)),
         Err(error) => return Err(ConsoleError::BadRequest(format!("body could not be read: {error}"))),
     };
-    Ok(Params::from_urlencoded(&bytes))
+    Params::from_urlencoded(&bytes)
 }
 
 /// Query or form fields; an empty value is no value (a GET form sends its
@@ -522,12 +523,17 @@ struct Params {
 }
 
 impl Params {
-    fn parse(query: Option<&str>) -> Params {
+    fn parse(query: Option<&str>) -> Result<Params, ConsoleError> {
         Params::from_urlencoded(query.unwrap_or("").as_bytes())
     }
 
-    fn from_urlencoded(bytes: &[u8]) -> Params {
-        Params { pairs: form_urlencoded::parse(bytes).into_owned().collect() }
+    fn from_urlencoded(bytes: &[u8]) -> Result<Params, ConsoleError> {
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(bytes).into_owned().collect();
+        for (key, value) in &pairs {
+            super::storable_text(key, key)?;
+            super::storable_text(key, value)?;
+        }
+        Ok(Params { pairs })
     }
 
     /// The last non-empty value of `name`.

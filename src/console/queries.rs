@@ -94,9 +94,35 @@ impl TicketCursor {
         let (micros, id) = text.split_once('.')?;
         let micros: i128 = micros.parse().ok()?;
         let received_at = OffsetDateTime::from_unix_timestamp_nanos(micros.checked_mul(1000)?).ok()?;
+        if !(EARLIEST..LATEST).contains(&received_at) {
+            return None;
+        }
         Some(TicketCursor { received_at, id: Uuid::try_parse(id).ok()? })
     }
 }
+
+/// The times a filter or a cursor may name: every ticket is received
+/// between them, PostgreSQL takes them, and a UUIDv7 bound can be made
+/// from them ([`id_floor`], [`id_ceiling`]) without leaving its range.
+pub const EARLIEST: OffsetDateTime = OffsetDateTime::UNIX_EPOCH;
+/// 9999-01-01T00:00:00Z.
+pub const LATEST: OffsetDateTime = match OffsetDateTime::from_unix_timestamp(253_370_764_800) {
+    Ok(at) => at,
+    Err(_) => panic!("9999-01-01 is a time"),
+};
+
+/// An RFC 3339 time from [`EARLIEST`] to [`LATEST`].
+pub fn bounded_time(text: &str) -> Option<OffsetDateTime> {
+    let at = OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    (EARLIEST..LATEST).contains(&at).then_some(at)
+}
+
+/// What a time parameter `name` must be.
+pub fn time_error(name: &str) -> String {
+    format!("{name}: an RFC 3339 time from 1970-01-01T00:00:00Z to 9999-01-01T00:00:00Z, e.g. 2026-12-01T00:00:00Z")
+}
+
+impl TicketCursor {}
 
 /// What `GET /api/v1/tickets` asks for.
 #[derive(Debug, Clone, Default)]
@@ -289,7 +315,8 @@ pub async fn read_only(pool: &PgPool) -> Result<Transaction<'static, Postgres>, 
     Ok(transaction)
 }
 
-/// The smallest id a ticket received at or after `at` can have.
+/// The smallest id a ticket received at or after `at` can have (`at`
+/// from [`EARLIEST`] to [`LATEST`], as every parameter is).
 pub fn id_floor(at: OffsetDateTime) -> Uuid {
     id_bound(at - ID_CLOCK_SLACK, 0x00)
 }

@@ -5,6 +5,7 @@ mod batches;
 mod browser;
 mod config;
 mod console;
+mod console_input;
 mod console_pages;
 mod contract;
 mod disk;
