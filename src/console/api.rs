@@ -126,8 +126,7 @@ async fn handle(
                     .ok_or_else(|| ConsoleError::BadRequest("window: 1h, 24h or 7d".to_string()))?,
             };
             params.finish()?;
-            let mut transaction = queries::read_only(&state.read_pool).await?;
-            Ok(json(StatusCode::OK, &queries::stats(&mut transaction, window).await?))
+            Ok(json(StatusCode::OK, &state.stats.get(&state.read_pool, window).await?))
         }
         _ => Err(ConsoleError::NotFound("route")),
     }

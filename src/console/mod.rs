@@ -99,6 +99,8 @@ pub struct ConsoleState {
     /// Keep the pools on the primary when a URL lists several hosts.
     _followers: Vec<store::PrimaryFollower>,
     pub tokens: Tokens,
+    /// The overview's counts, shared by every caller.
+    pub stats: queries::StatsCache,
     /// The live numbers of the service the console runs in (`serve`);
     /// `None` when it runs alone (`ticket-ingest console`).
     pub live: Option<LiveSource>,
@@ -269,8 +271,15 @@ impl Console {
             None => pool.clone(),
         };
         let listener = TcpListener::bind(address).await.with_context(|| format!("binding {address} (admin_listen)"))?;
-        let state =
-            Arc::new(ConsoleState { settings: settings.clone(), pool, read_pool, _followers: followers, tokens, live });
+        let state = Arc::new(ConsoleState {
+            settings: settings.clone(),
+            pool,
+            read_pool,
+            _followers: followers,
+            tokens,
+            stats: queries::StatsCache::default(),
+            live,
+        });
         Ok(Console { listener, state })
     }
 

@@ -102,9 +102,7 @@ async fn overview(state: &ConsoleState, caller: &Caller, params: &Params) -> Res
             StatsWindow::parse(text).ok_or_else(|| ConsoleError::BadRequest("window: 1h, 24h or 7d".to_string()))?
         }
     };
-    let mut transaction = queries::read_only(&state.read_pool).await?;
-    let stats = queries::stats(&mut transaction, window).await?;
-    drop(transaction);
+    let stats = state.stats.get(&state.read_pool, window).await?;
     let mut body = String::from("<p>Window:");
     for choice in [StatsWindow::Hour, StatsWindow::Day, StatsWindow::Week] {
         if choice == window {

@@ -31,7 +31,7 @@
 //! `tickets_order_id`. The figures are in `docs/console.md`.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -306,6 +306,38 @@ pub struct Stats {
     pub by_status: BTreeMap<String, i64>,
     /// Tickets by problem code (a ticket with a code twice counts once).
     pub by_problem: BTreeMap<String, i64>,
+}
+
+/// How long computed [`Stats`] are answered again. The 24 h and 7 d
+/// windows count every ticket of the window, so that people keeping the
+/// overview open, or a dashboard polling `/api/v1/stats`, cost the database
+/// one count per window this often, however many they are, instead of one
+/// per page view competing with the writers.
+pub const STATS_FRESH_FOR: Duration = Duration::from_secs(10);
+
+/// The last [`Stats`] of each window, computed once for every caller: a
+/// caller finding them older than [`STATS_FRESH_FOR`] computes them while
+/// the others of that window wait for its answer.
+#[derive(Default)]
+pub struct StatsCache {
+    windows: [tokio::sync::Mutex<Option<(Instant, Stats)>>; 3],
+}
+
+impl StatsCache {
+    /// The stats of `window`, at most [`STATS_FRESH_FOR`] old, read from
+    /// `pool` when they are older.
+    pub async fn get(&self, pool: &PgPool, window: StatsWindow) -> Result<Stats, sqlx::Error> {
+        let mut last = self.windows[window as usize].lock().await;
+        if let Some((computed, stats)) = last.as_ref() {
+            if computed.elapsed() < STATS_FRESH_FOR {
+                return Ok(stats.clone());
+            }
+        }
+        let mut transaction = read_only(pool).await?;
+        let fresh = stats(&mut transaction, window).await?;
+        *last = Some((Instant::now(), fresh.clone()));
+        Ok(fresh)
+    }
 }
 
 /// A read-only transaction on `pool`; dropping it rolls back.

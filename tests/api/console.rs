@@ -496,6 +496,27 @@ async fn stats_count_tickets_by_status_and_problem_code() {
 }
 
 #[tokio::test]
+async fn the_stats_are_counted_once_for_every_caller_within_ten_seconds() {
+    let desk = spawn_desk().await;
+    desk.ingest(SAMPLE_TICKET).await;
+    let first = desk.get_json("/api/v1/stats?window=24h").await;
+    desk.ingest(SAMPLE_TICKET).await;
+
+    // 20 more looks, a ticket later.
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        answers.push(desk.get_json("/api/v1/stats?window=24h").await);
+    }
+    let hour = desk.get_json("/api/v1/stats?window=1h").await;
+
+    assert_eq!(first["total"], 1);
+    for answer in &answers {
+        assert_eq!(answer, &first, "the same counts, computed once");
+    }
+    assert_eq!(hour["total"], 2, "each window has its own counts");
+}
+
+#[tokio::test]
 async fn the_console_does_not_start_without_tokens() {
     let app = spawn_app_with(|settings| settings.admin_tokens = Vec::new()).await;
     assert!(app.admin_address.is_none());
