@@ -53,7 +53,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// job, the queue slot, the WAL record, the response.
 const TICKET_BYTES: usize = 1024;
 /// How long `/readyz` waits for the database.
-const READY_TIMEOUT: Duration = Duration::from_secs(1);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a request waits for the database to say whether its
 /// idempotency key was stored before.
 pub const KEY_LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -75,10 +75,14 @@ pub struct AppState {
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     pub queue: Sender<Job>,
     pub metrics: Arc<Metrics>,
-    /// For readiness checks.
+    /// The shared pool (key expiry).
     pub pool: PgPool,
     /// Keeps `pool` on the primary when `database_url` lists several hosts.
     pub pool_follower: crate::store::PrimaryFollower,
+    /// `/readyz`'s own connection, so that readiness never queues behind
+    /// the work it reports on (key lookups waiting on a lock, say).
+    pub readiness_pool: PgPool,
+    pub readiness_follower: crate::store::PrimaryFollower,
     pub wal: Wal<Job>,
     /// Idempotency keys seen recently, with their first request's outcome.
     pub recent_keys: RecentKeys<Refused>,
@@ -561,7 +565,7 @@ async fn readiness(state: &AppState) -> HttpResponse {
     if let Some(reason) = refusing(state) {
         return text(StatusCode::SERVICE_UNAVAILABLE, &reason);
     }
-    let probe = sqlx::query("SELECT 1").execute(&state.pool);
+    let probe = sqlx::query("SELECT 1").execute(&state.readiness_pool);
     match tokio::time::timeout(READY_TIMEOUT, probe).await {
         Ok(Ok(_)) => text(StatusCode::OK, "ready"),
         Ok(Err(error)) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("database unreachable: {error}")),

@@ -72,6 +72,8 @@ impl Application {
         let pool_options =
             PgPoolOptions::new().max_connections(settings.db_pool_size).acquire_timeout(store::CONNECT_TIMEOUT);
         let (pool, pool_follower) = store::lazy_pool(&database, pool_options);
+        let readiness_options = PgPoolOptions::new().max_connections(1).acquire_timeout(http::READY_TIMEOUT);
+        let (readiness_pool, readiness_follower) = store::lazy_pool(&database, readiness_options);
         let schema_ready = Arc::new(AtomicBool::new(!settings.migrate_on_start));
         if settings.migrate_on_start {
             match store::point_at_primary(&pool, &database).await {
@@ -146,6 +148,8 @@ impl Application {
             metrics,
             pool,
             pool_follower,
+            readiness_pool,
+            readiness_follower,
             wal,
             recent_keys,
             key_lookup,
