@@ -99,6 +99,20 @@ pub fn classify(error: &sqlx::Error) -> Failure {
     }
 }
 
+/// The failure says nothing answers: no connection could be opened, or the
+/// one in use broke (I/O, TLS, a pool with none to give, SQLSTATE class
+/// 08, or the server shutting down or starting: 57P01..57P03). Worth a
+/// cheap look for the database's return while backing off.
+pub fn is_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Database(database) => database
+            .code()
+            .is_some_and(|code| code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
 /// The wait before retry number `attempt` (from 1): 50 ms doubling up to
 /// 5 s, with up to 50 % random jitter so that retries do not run in
 /// lockstep.

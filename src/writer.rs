@@ -19,6 +19,8 @@
 //!   not caused by the data) retries the same batch with capped exponential
 //!   backoff and jitter, on a new connection found through `database_url`'s
 //!   host list ([`store::connect`]): after a failover, the promoted standby.
+//!   While nothing answers, the backoff is cut short by the first
+//!   connection that opens ([`probe_until`]).
 //!   The permits stay held, so a long outage turns into `503`s at the front
 //!   door;
 //! - a data error (SQLSTATE class 22 or 23) splits the batch in halves until
@@ -456,11 +458,22 @@ impl Writer {
         self.connection = None;
         let delay = store::backoff(attempt);
         tracing::warn!(message = "database write failed, retrying", writer = self.number, attempt, delay_ms = delay.as_millis() as u64, %error);
+        let probing = store::is_unreachable(error);
         let admission = &self.admission;
         let grace = self.grace;
+        let database = &self.database;
+        let connection = &mut self.connection;
         self.runtime.block_on(async {
+            let wait = async {
+                if probing {
+                    probe_until(database, tokio::time::Instant::now() + delay).await
+                } else {
+                    tokio::time::sleep(delay).await;
+                    None
+                }
+            };
             tokio::select! {
-                () = tokio::time::sleep(delay) => {}
+                found = wait => *connection = found,
                 () = admission.grace_over(grace), if bounded => {}
             }
         });
@@ -492,6 +505,32 @@ impl Writer {
                 message = "tickets stored under an idempotency key that already stood for another ticket: each was answered 202 with its own id, its key still answers the first one",
                 tickets = ?written.keys_taken
             );
+        }
+    }
+}
+
+/// While the database does not answer, how often a backing-off writer
+/// tries a connection, and how long it gives each try.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Waits until `until`, trying a connection every [`PROBE_EVERY`]: the
+/// first that opens ends the wait and is the next attempt's (the database
+/// is back; a backoff grown to seconds during an outage would otherwise
+/// hold the first commit after it). A probe is one connection attempt:
+/// cheap for a database that refuses, bounded for one that does not answer.
+async fn probe_until(database: &DatabaseUrl, until: tokio::time::Instant) -> Option<PgConnection> {
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return None;
+        }
+        tokio::time::sleep(PROBE_EVERY.min(until - now)).await;
+        if tokio::time::Instant::now() >= until {
+            return None;
+        }
+        if let Ok(Ok(connection)) = tokio::time::timeout(PROBE_TIMEOUT, store::connect(database)).await {
+            return Some(connection);
         }
     }
 }

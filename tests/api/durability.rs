@@ -259,3 +259,39 @@ async fn a_retry_after_kill_9_gets_the_id_acknowledged_before_the_crash() {
     assert_eq!(count(&db, "tickets").await, 1);
     drop(restarted);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_the_database_is_back_the_first_commit_does_not_wait_out_the_backoff_grown_during_the_outage() {
+    let database_url = fresh_database().await;
+    let proxy = DbProxy::start(&database_url).await;
+    let mut settings = test_settings().await;
+    settings.database_url = Some(proxy.url(&database_url));
+    settings.ack = AckMode::Wal;
+    let app = spawn_app_from(settings).await;
+    proxy.cut();
+    assert_eq!(app.post_ticket(numbered_ticket(1)).await.status(), 202);
+    // The 8th retry waits 5 s or more (50 ms doubling, capped at 5 s).
+    let retries = |metrics: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("ticket_ingest_retries_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while retries(&app.get("/metrics").await.text().await.expect("metrics")) < 8.0 {
+        assert!(std::time::Instant::now() < deadline, "the writer did not retry 8 times in 30 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    proxy.restore();
+    let restored = std::time::Instant::now();
+    let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
+    while count(&db, "tickets").await == 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = restored.elapsed();
+
+    assert!(took < Duration::from_secs(2), "first commit {took:?} after the database came back");
+    app.stop().await;
+}
