@@ -83,6 +83,8 @@ pub struct AppState {
     /// the work it reports on (key lookups waiting on a lock, say).
     pub readiness_pool: PgPool,
     pub readiness_follower: crate::store::PrimaryFollower,
+    /// Set while the database refuses us for good (`/healthz` is `503`).
+    pub refusal: Arc<crate::store::DatabaseRefusal>,
     pub wal: Wal<Job>,
     /// Idempotency keys seen recently, with their first request's outcome.
     pub recent_keys: RecentKeys<Refused>,
@@ -209,7 +211,7 @@ pub async fn route(state: Arc<AppState>, peer: IpAddr, request: Request<Incoming
         }
         "/ticket" => ("/ticket", method_not_allowed("POST")),
         "/ping" if is_get(&method) => ("/ping", text(StatusCode::OK, "Pong")),
-        "/healthz" if is_get(&method) => ("/healthz", text(StatusCode::OK, "ok")),
+        "/healthz" if is_get(&method) => ("/healthz", health(&state)),
         "/readyz" if is_get(&method) => ("/readyz", readiness(&state).await),
         "/metrics" if is_get(&method) => ("/metrics", metrics_page(&state, request.headers())),
         "/ping" | "/healthz" | "/readyz" | "/metrics" => ("other", method_not_allowed("GET, HEAD")),
@@ -561,6 +563,20 @@ fn refusal(state: &AppState, refused: &Refused) -> HttpResponse {
 /// Ready means "would accept a typical ticket now": not shutting down,
 /// room in both budgets, a usable write-ahead log (`ack = wal`), and a
 /// database that answers.
+/// `200` while the process can do its work once the database answers;
+/// `503` while the database refuses it for good (wrong password, unknown
+/// role or database): only an operator can fix that, and an orchestrator
+/// that restarts the process makes it loud (a restart refuses to start).
+fn health(state: &AppState) -> HttpResponse {
+    match state.refusal.get() {
+        None => text(StatusCode::OK, "ok"),
+        Some(refusal) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the database refuses this service, fix database_url or the database: {refusal}"),
+        ),
+    }
+}
+
 async fn readiness(state: &AppState) -> HttpResponse {
     if let Some(reason) = refusing(state) {
         return text(StatusCode::SERVICE_UNAVAILABLE, &reason);
@@ -568,6 +584,10 @@ async fn readiness(state: &AppState) -> HttpResponse {
     let probe = sqlx::query("SELECT 1").execute(&state.readiness_pool);
     match tokio::time::timeout(READY_TIMEOUT, probe).await {
         Ok(Ok(_)) => text(StatusCode::OK, "ready"),
+        Ok(Err(error)) if crate::store::is_refusal(&error) => {
+            state.refusal.observe(Err(&error));
+            text(StatusCode::SERVICE_UNAVAILABLE, &format!("the database refuses this service: {error}"))
+        }
         Ok(Err(error)) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("database unreachable: {error}")),
         Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "database did not answer within 1 s"),
     }

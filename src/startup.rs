@@ -36,7 +36,7 @@ use crate::key_lookup::KeyLookup;
 use crate::metrics::Metrics;
 use crate::partition;
 use crate::signature::Verifier;
-use crate::store;
+use crate::store::{self, DatabaseRefusal};
 use crate::ticket::{NewTicket, ParsedTicket};
 use crate::wal::{Recovered, Wal, WalThread};
 use crate::writer::{BatchTuning, Writers};
@@ -75,18 +75,25 @@ impl Application {
         let readiness_options = PgPoolOptions::new().max_connections(1).acquire_timeout(http::READY_TIMEOUT);
         let (readiness_pool, readiness_follower) = store::lazy_pool(&database, readiness_options);
         let schema_ready = Arc::new(AtomicBool::new(!settings.migrate_on_start));
+        let refusal = Arc::new(DatabaseRefusal::default());
         if settings.migrate_on_start {
             match store::point_at_primary(&pool, &database).await {
                 Ok(()) => {
                     store::migrate(&pool).await.context("applying migrations")?;
                     schema_ready.store(true, Ordering::Release);
                 }
+                // Nothing is accepted yet: refusing to start is loudest.
+                Err(error) if store::is_refusal(&error) => {
+                    return Err(anyhow::anyhow!(
+                        "the database refuses this service, fix database_url or the database: {error}"
+                    ));
+                }
                 Err(error) => {
                     // Tickets keep coming: take them (into the WAL with
                     // ack = wal) while the writers and the migrations
                     // retry; /readyz says why the service is not ready.
                     tracing::warn!(message = "database unreachable at start: serving anyway, migrations and writes are retried until it answers", %error);
-                    tokio::spawn(migrate_once_reachable(pool.clone(), Arc::clone(&schema_ready)));
+                    tokio::spawn(migrate_once_reachable(pool.clone(), Arc::clone(&schema_ready), Arc::clone(&refusal)));
                 }
             }
         }
@@ -118,6 +125,7 @@ impl Application {
             wal.clone(),
             Arc::clone(&tuning),
             Arc::clone(&metrics),
+            Arc::clone(&refusal),
         )
         .context("starting writer threads")?;
         let listener =
@@ -150,6 +158,7 @@ impl Application {
             pool_follower,
             readiness_pool,
             readiness_follower,
+            refusal,
             wal,
             recent_keys,
             key_lookup,
@@ -316,12 +325,18 @@ async fn expire_idempotency_keys(state: Arc<AppState>) {
 }
 
 /// Applies the migrations once the database answers, retrying with backoff.
-async fn migrate_once_reachable(pool: sqlx::PgPool, schema_ready: Arc<AtomicBool>) {
+async fn migrate_once_reachable(pool: sqlx::PgPool, schema_ready: Arc<AtomicBool>, refusal: Arc<DatabaseRefusal>) {
     let mut attempt: u32 = 0;
     loop {
         attempt = attempt.saturating_add(1);
         tokio::time::sleep(store::backoff(attempt)).await;
-        match store::migrate(&pool).await {
+        let outcome = store::migrate(&pool).await;
+        match &outcome {
+            Ok(()) => refusal.observe(Ok(())),
+            Err(sqlx::migrate::MigrateError::Execute(error)) => refusal.observe(Err(error)),
+            Err(_) => {}
+        }
+        match outcome {
             Ok(()) => {
                 tracing::info!(message = "database reachable, migrations applied", attempts = attempt);
                 schema_ready.store(true, Ordering::Release);

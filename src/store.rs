@@ -50,7 +50,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
@@ -99,6 +99,46 @@ pub fn classify(error: &sqlx::Error) -> Failure {
     }
 }
 
+/// The database refuses this service for good, however often it asks: a
+/// wrong password (SQLSTATE 28P01), a role that does not exist or may not
+/// log in (28000), a database that does not exist (3D000). Only an operator
+/// can fix that, in `database_url` or in the database.
+pub fn is_refusal(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(database) = error else { return false };
+    database.code().is_some_and(|code| matches!(code.as_ref(), "28P01" | "28000" | "3D000"))
+}
+
+/// The database's latest refusal ([`is_refusal`]), for `/healthz` to
+/// report: until a new connection opens, or for [`REFUSAL_STANDS_FOR`]
+/// after it was last met (whoever meets it again renews it: the writers
+/// retry at most 5 s apart while they hold tickets, `/readyz` at every
+/// call). A connection opened before the refusal (the password changed
+/// under it) does not clear it: the next one would fail.
+#[derive(Debug, Default)]
+pub struct DatabaseRefusal(std::sync::Mutex<Option<(Instant, String)>>);
+
+/// How long a refusal is reported after it was last met.
+pub const REFUSAL_STANDS_FOR: Duration = Duration::from_secs(15);
+
+impl DatabaseRefusal {
+    /// Notes what an attempt to open a connection met: a refusal is kept,
+    /// success clears it, anything else (an outage) leaves it as it is.
+    pub fn observe(&self, opened: Result<(), &sqlx::Error>) {
+        let mut refusal = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match opened {
+            Ok(()) => *refusal = None,
+            Err(error) if is_refusal(error) => *refusal = Some((Instant::now(), error.to_string())),
+            Err(_) => {}
+        }
+    }
+
+    /// The refusal met within [`REFUSAL_STANDS_FOR`], if any.
+    pub fn get(&self) -> Option<String> {
+        let refusal = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        refusal.as_ref().filter(|(met, _)| met.elapsed() < REFUSAL_STANDS_FOR).map(|(_, text)| text.clone())
+    }
+}
+
 /// The failure says nothing answers: no connection could be opened, or the
 /// one in use broke (I/O, TLS, a pool with none to give, SQLSTATE class
 /// 08, or the server shutting down or starting: 57P01..57P03). Worth a
@@ -138,6 +178,8 @@ pub async fn connect(url: &DatabaseUrl) -> Result<PgConnection, sqlx::Error> {
 /// [`connect`], with the index of the host it reached.
 async fn connect_to_first_suitable(url: &DatabaseUrl) -> Result<(usize, PgConnection), sqlx::Error> {
     let mut failures = Vec::with_capacity(url.hosts().len());
+    // When every host refuses us for good, say so with the first refusal.
+    let mut refusals = Vec::new();
     for (index, host) in url.hosts().iter().enumerate() {
         let error = match connect_host(&host.options).await {
             Ok(mut connection) => match unsuitable(&mut connection, url.target()).await {
@@ -154,6 +196,12 @@ async fn connect_to_first_suitable(url: &DatabaseUrl) -> Result<(usize, PgConnec
             return Err(error);
         }
         failures.push(format!("{}: {error}", host.name));
+        if is_refusal(&error) {
+            refusals.push(error);
+        }
+    }
+    if refusals.len() == url.hosts().len() {
+        return Err(refusals.swap_remove(0));
     }
     Err(sqlx::Error::Io(std::io::Error::new(
         std::io::ErrorKind::ConnectionRefused,

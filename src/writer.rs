@@ -62,7 +62,7 @@ use crate::config::Settings;
 use crate::database_url::DatabaseUrl;
 use crate::job::{Job, Stored};
 use crate::metrics::{KindLabels, Metrics, WriterLabels};
-use crate::store::{self, Failure, Written};
+use crate::store::{self, DatabaseRefusal, Failure, Written};
 use crate::ticket::{NewTicket, Problem, Status};
 use crate::wal::{Wal, WalError, WalRecord};
 
@@ -142,6 +142,7 @@ impl Writers {
         wal: Wal<Job>,
         tuning: Arc<BatchTuning>,
         metrics: Arc<Metrics>,
+        refusal: Arc<DatabaseRefusal>,
     ) -> std::io::Result<Writers> {
         let mut handles = Vec::with_capacity(settings.writers);
         for number in 0..settings.writers {
@@ -155,6 +156,7 @@ impl Writers {
                 database: database.clone(),
                 tuning: Arc::clone(&tuning),
                 grace: settings.shutdown_grace(),
+                refusal: Arc::clone(&refusal),
                 connection: None,
                 runtime,
             };
@@ -187,6 +189,8 @@ struct Writer {
     /// How long after the shutdown began a batch that may be abandoned is
     /// still tried (`shutdown_grace_ms`).
     grace: Duration,
+    /// Told whether the database refuses us for good (`/healthz`).
+    refusal: Arc<DatabaseRefusal>,
     connection: Option<PgConnection>,
     runtime: tokio::runtime::Runtime,
 }
@@ -427,11 +431,16 @@ impl Writer {
         let runtime = &self.runtime;
         let connection = &mut self.connection;
         let database = &self.database;
+        let refusal = &self.refusal;
         runtime.block_on(async {
             let attempt = async {
                 let mut open = match connection.take() {
                     Some(open) => open,
-                    None => store::connect(database).await.map_err(WriteError::Transient)?,
+                    None => {
+                        let opened = store::connect(database).await;
+                        refusal.observe(opened.as_ref().map(|_| ()));
+                        opened.map_err(WriteError::Transient)?
+                    }
                 };
                 let result = store::write_batch(&mut open, tickets).await.map_err(classify);
                 *connection = Some(open);
@@ -457,7 +466,11 @@ impl Writer {
         // The connection may be broken or mid-transaction: start afresh.
         self.connection = None;
         let delay = store::backoff(attempt);
-        tracing::warn!(message = "database write failed, retrying", writer = self.number, attempt, delay_ms = delay.as_millis() as u64, %error);
+        if store::is_refusal(error) {
+            tracing::error!(message = "the database refuses this service: fix database_url or the database; retrying meanwhile, /healthz is 503", writer = self.number, attempt, delay_ms = delay.as_millis() as u64, %error);
+        } else {
+            tracing::warn!(message = "database write failed, retrying", writer = self.number, attempt, delay_ms = delay.as_millis() as u64, %error);
+        }
         let probing = store::is_unreachable(error);
         let admission = &self.admission;
         let grace = self.grace;

@@ -107,6 +107,14 @@ async fn every_response_documented_in_openapi_yaml_is_what_the_service_answers()
 
     exercised.extend(console_responses().await);
 
+    // The database refusing the service's role: /readyz meets it first.
+    let refused = crate::readiness::OwnRole::start().await;
+    refused.refuse().await;
+    assert_eq!(refused.app.get("/readyz").await.status(), 503);
+    assert_eq!(refused.app.get("/healthz").await.status(), 503);
+    exercised.insert(triple("/healthz", "get", 503));
+    refused.admit().await;
+
     assert_eq!(exercised, documented, "openapi.yaml and the service disagree");
 }
 
