@@ -39,7 +39,7 @@ use crate::signature::Verifier;
 use crate::store::{self, DatabaseRefusal};
 use crate::ticket::{NewTicket, ParsedTicket};
 use crate::wal::{Recovered, Wal, WalThread};
-use crate::writer::{BatchTuning, Writers};
+use crate::writer::{BatchTuning, Shared, Writers};
 
 /// A built service: connected, migrated, writers running, listener bound.
 pub struct Application {
@@ -121,11 +121,13 @@ impl Application {
             &settings,
             &database,
             receiver,
-            Arc::clone(&admission),
-            wal.clone(),
-            Arc::clone(&tuning),
-            Arc::clone(&metrics),
-            Arc::clone(&refusal),
+            Shared {
+                admission: Arc::clone(&admission),
+                wal: wal.clone(),
+                tuning: Arc::clone(&tuning),
+                metrics: Arc::clone(&metrics),
+                refusal: Arc::clone(&refusal),
+            },
         )
         .context("starting writer threads")?;
         let listener =

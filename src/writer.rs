@@ -133,17 +133,24 @@ pub struct Writers {
     handles: Vec<JoinHandle<()>>,
 }
 
+/// What the writers share with the rest of the service.
+pub struct Shared {
+    pub admission: Arc<Admission>,
+    pub wal: Wal<Job>,
+    pub tuning: Arc<BatchTuning>,
+    pub metrics: Arc<Metrics>,
+    /// Told whether the database refuses the service for good.
+    pub refusal: Arc<DatabaseRefusal>,
+}
+
 impl Writers {
     pub fn spawn(
         settings: &Settings,
         database: &DatabaseUrl,
         queue: Receiver<Job>,
-        admission: Arc<Admission>,
-        wal: Wal<Job>,
-        tuning: Arc<BatchTuning>,
-        metrics: Arc<Metrics>,
-        refusal: Arc<DatabaseRefusal>,
+        shared: Shared,
     ) -> std::io::Result<Writers> {
+        let Shared { admission, wal, tuning, metrics, refusal } = shared;
         let mut handles = Vec::with_capacity(settings.writers);
         for number in 0..settings.writers {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
