@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -320,9 +320,91 @@ impl Drop for Receiving {
     }
 }
 
+/// How many tickets were posted in about the last minute, and how many of
+/// them the budgets refused (admission or reception): `/readyz` models a
+/// typical ticket, so it stays ready while every large one is refused, and
+/// says so with these. Two 30 s buckets of counters, approximate at a
+/// bucket's turn (a count may land in the bucket being reset): cheap on
+/// the hot path, exact enough to read a share.
+#[derive(Debug)]
+pub struct RecentRefusals {
+    started: Instant,
+    buckets: [Bucket; 2],
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Which 30 s since `started` the counts are for.
+    epoch: AtomicU64,
+    posted: AtomicU64,
+    refused: AtomicU64,
+}
+
+const BUCKET_SECONDS: u64 = 30;
+
+impl Default for RecentRefusals {
+    fn default() -> Self {
+        // Epoch 0 is the first bucket's own: start the others past it.
+        let buckets = [Bucket::default(), Bucket { epoch: AtomicU64::new(u64::MAX), ..Bucket::default() }];
+        RecentRefusals { started: Instant::now(), buckets }
+    }
+}
+
+impl RecentRefusals {
+    /// A ticket was posted.
+    pub fn posted(&self) {
+        self.current().posted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A posted ticket was refused by a budget.
+    pub fn refused(&self) {
+        self.current().refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (posted, refused by a budget) in the current and the previous 30 s.
+    pub fn last_minute(&self) -> (u64, u64) {
+        let epoch = self.epoch();
+        self.buckets
+            .iter()
+            .filter(|bucket| {
+                let of = bucket.epoch.load(Ordering::Relaxed);
+                of == epoch || of.wrapping_add(1) == epoch
+            })
+            .fold((0, 0), |(posted, refused), bucket| {
+                (posted + bucket.posted.load(Ordering::Relaxed), refused + bucket.refused.load(Ordering::Relaxed))
+            })
+    }
+
+    fn epoch(&self) -> u64 {
+        self.started.elapsed().as_secs() / BUCKET_SECONDS
+    }
+
+    fn current(&self) -> &Bucket {
+        let epoch = self.epoch();
+        let bucket = &self.buckets[(epoch % 2) as usize];
+        if bucket.epoch.load(Ordering::Acquire) != epoch && bucket.epoch.swap(epoch, Ordering::AcqRel) != epoch {
+            bucket.posted.store(0, Ordering::Relaxed);
+            bucket.refused.store(0, Ordering::Relaxed);
+        }
+        bucket
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recent_refusals_count_the_last_minute() {
+        let recent = RecentRefusals::default();
+        for number in 0..10 {
+            recent.posted();
+            if number % 4 == 0 {
+                recent.refused();
+            }
+        }
+        assert_eq!(recent.last_minute(), (10, 3));
+    }
 
     #[test]
     fn permits_are_refused_once_the_budget_is_used_up_and_granted_again_when_given_back() {

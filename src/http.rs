@@ -83,6 +83,8 @@ pub struct AppState {
     /// the work it reports on (key lookups waiting on a lock, say).
     pub readiness_pool: PgPool,
     pub readiness_follower: crate::store::PrimaryFollower,
+    /// Tickets posted and refused by a budget in the last minute (`/readyz`).
+    pub recent_refusals: crate::admission::RecentRefusals,
     /// Set while the database refuses us for good (`/healthz` is `503`).
     pub refusal: Arc<crate::store::DatabaseRefusal>,
     pub wal: Wal<Job>,
@@ -206,6 +208,7 @@ pub async fn route(state: Arc<AppState>, peer: IpAddr, request: Request<Incoming
     let method = request.method().clone();
     let (route, response) = match request.uri().path() {
         "/ticket" if method == Method::POST => {
+            state.recent_refusals.posted();
             let span = tracing::debug_span!("request", route = "/ticket", id = tracing::field::Empty);
             ("/ticket", ingest(&state, peer, request).instrument(span).await)
         }
@@ -545,6 +548,9 @@ fn refusal(state: &AppState, refused: &Refused) -> HttpResponse {
         state.metrics.signature_failures.inc();
     }
     if status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(refused, Refused::BudgetExhausted | Refused::ReceptionExhausted) {
+            state.recent_refusals.refused();
+        }
         let kind = match refused {
             Refused::BudgetExhausted => "budget",
             Refused::ReceptionExhausted => "reception",
@@ -583,7 +589,7 @@ async fn readiness(state: &AppState) -> HttpResponse {
     }
     let probe = sqlx::query("SELECT 1").execute(&state.readiness_pool);
     match tokio::time::timeout(READY_TIMEOUT, probe).await {
-        Ok(Ok(_)) => text(StatusCode::OK, "ready"),
+        Ok(Ok(_)) => text(StatusCode::OK, &ready_detail(state)),
         Ok(Err(error)) if crate::store::is_refusal(&error) => {
             state.refusal.observe(Err(&error));
             text(StatusCode::SERVICE_UNAVAILABLE, &format!("the database refuses this service: {error}"))
@@ -591,6 +597,19 @@ async fn readiness(state: &AppState) -> HttpResponse {
         Ok(Err(error)) => text(StatusCode::SERVICE_UNAVAILABLE, &format!("database unreachable: {error}")),
         Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "database did not answer within 1 s"),
     }
+}
+
+/// "ready", and what a typical ticket hides: the tickets of the last minute
+/// the budgets refused (larger ones, or a burst), when there were any.
+fn ready_detail(state: &AppState) -> String {
+    let (posted, refused) = state.recent_refusals.last_minute();
+    if refused == 0 {
+        return "ready".to_string();
+    }
+    let percent = refused * 100 / posted.max(refused);
+    format!(
+        "ready, but {refused} of the {posted} tickets posted in the last minute ({percent} %) were refused for the admission or reception budget (ticket_ingest_refused_total, kind budget or reception)"
+    )
 }
 
 /// Why a typical ticket would be refused now, if it would.

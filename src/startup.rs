@@ -160,6 +160,7 @@ impl Application {
             pool_follower,
             readiness_pool,
             readiness_follower,
+            recent_refusals: Default::default(),
             refusal,
             wal,
             recent_keys,

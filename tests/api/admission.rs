@@ -44,7 +44,7 @@ async fn an_exhausted_budget_answers_503_with_retry_after_and_recovers_when_writ
 }
 
 /// A ticket of `lines` product lines, its order number telling it apart.
-fn long_ticket(order: u64, lines: usize) -> String {
+pub(crate) fn long_ticket(order: u64, lines: usize) -> String {
     let mut ticket = format!("Order: {order}\nVAT: 1.00\nTotal: 10.00\n\nproduct,product_id,price\n");
     for line in 0..lines {
         ticket.push_str(&format!("Produit {line},P{line:05},1.00\n"));

@@ -7,7 +7,7 @@ use ticket_ingest::config::AckMode;
 
 use sqlx::PgPool;
 
-use crate::helpers::{numbered_ticket, spawn_app_from, test_settings, TestApp, TicketsLocked};
+use crate::helpers::{numbered_ticket, spawn_app_from, spawn_app_with, test_settings, TestApp, TicketsLocked};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_answers_at_once_while_key_lookups_wait_on_a_locked_table() {
@@ -144,4 +144,34 @@ async fn a_role_refused_while_running_turns_healthz_red_until_it_may_log_in_agai
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     own.app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_stays_ready_while_every_large_ticket_is_refused_and_says_what_share_of_the_last_minute_was() {
+    // A large ticket needs the byte budget almost to itself; with a small
+    // one always in flight (the writers wait on a lock), every large one
+    // is refused while a typical ticket still fits.
+    let app = spawn_app_with(|settings| {
+        settings.queue_max_bytes = 256 * 1024;
+        settings.max_body_bytes = 1024 * 1024;
+    })
+    .await;
+    let locked = TicketsLocked::take(&app.database_url).await;
+    assert_eq!(app.post_ticket(numbered_ticket(1)).await.status(), 202);
+    for order in 2..=5 {
+        assert_eq!(app.post_ticket(crate::admission::long_ticket(order, 10_000)).await.status(), 503);
+    }
+    for order in 6..=10 {
+        assert_eq!(app.post_ticket(numbered_ticket(order)).await.status(), 202);
+    }
+
+    let ready = app.get("/readyz").await;
+    let status = ready.status();
+    let detail = ready.text().await.expect("text");
+
+    locked.release().await;
+    assert_eq!(status, 200, "a typical ticket is accepted: {detail}");
+    assert!(detail.starts_with("ready, but 4 of the 10 tickets posted in the last minute (40 %)"), "{detail}");
+    app.wait_for_count("tickets", 6).await;
+    app.stop().await;
 }
