@@ -156,9 +156,31 @@ fn split_hosts(host_list: &str) -> Result<Vec<&str>, String> {
     Ok(hosts)
 }
 
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`, for
+/// showing a URL (`check-config`).
+pub fn hide_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    // The last `@` before the query ends the credentials: a password may
+    // hold an `@` of its own, unencoded.
+    let before_query = rest.split('?').next().unwrap_or(rest);
+    let Some(at) = before_query.rfind('@') else { return url.to_string() };
+    let (credentials, host) = (&rest[..at], &rest[at + 1..]);
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shown_url_hides_its_password_only() {
+        assert_eq!(hide_password("postgres://ingest:s3cr@t@db:5432/t"), "postgres://ingest:***@db:5432/t");
+        assert_eq!(hide_password("postgres://ingest@db/t"), "postgres://ingest@db/t");
+        assert_eq!(hide_password("not a url"), "not a url");
+    }
 
     fn host_and_port(url: &DatabaseUrl) -> Vec<(String, u16)> {
         url.hosts().iter().map(|host| (host.options.get_host().to_string(), host.options.get_port())).collect()

@@ -6,6 +6,7 @@
 //! - [`database_url`] `database_url` parsed as libpq does: host list, `target_session_attrs`
 //! - [`telemetry`] tracing subscriber (pretty | json)
 //! - [`startup`]   `Application::build` / `run_until_stopped`; shutdown order
+//! - [`signal`]    SIGINT and SIGTERM start the shutdown
 //! - [`http`]      hyper routes, limits, refusals → status codes
 //! - [`signature`] Standard Webhooks signature check (`signing_secrets`)
 //! - [`ticket`]    `ParsedTicket::parse`: raw body → status, fields, lines, problems
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod partition;
 pub mod reload;
 pub mod reprocess;
+pub mod signal;
 pub mod signature;
 pub mod startup;
 pub mod store;

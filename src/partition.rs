@@ -66,6 +66,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sqlx::{Connection, Executor, PgConnection, Row};
 
+use crate::database_url::DatabaseUrl;
+
 /// The longest any statement of this module waits for a table lock; the
 /// writers queued behind it wait at most that long.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -180,6 +182,28 @@ pub struct Pace {
 /// Converts the migrated plain tables to partitioned ones, or continues a
 /// conversion that stopped: every step in the module docs, in order.
 /// `on_batch` is called after each committed batch with the totals so far.
+/// The `partition` command: connects to the primary of `database`, then
+/// [`convert`]s, logging progress every 100 batches and the swap's locks.
+pub async fn run(database: &DatabaseUrl, layout: &Layout, pace: Pace) -> anyhow::Result<Progress> {
+    use anyhow::Context;
+    let mut connection = crate::store::connect(database).await.context("connecting to PostgreSQL")?;
+    let progress = convert(&mut connection, layout, pace, |progress| {
+        if progress.batches % 100 == 0 {
+            tracing::info!(message = "moving rows", tickets = progress.tickets_moved, lines = progress.lines_moved);
+        }
+    })
+    .await
+    .context("partitioning tickets and ticket_lines (pg_partman: Debian's postgresql-15-partman)")?;
+    if progress.swapped {
+        tracing::info!(
+            message = "tables swapped",
+            lock_wait_ms = progress.swap_lock_wait.as_millis() as u64,
+            lock_held_ms = progress.swap_lock_held.as_millis() as u64
+        );
+    }
+    Ok(progress)
+}
+
 pub async fn convert(
     connection: &mut PgConnection,
     layout: &Layout,

@@ -476,6 +476,17 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     sqlx::migrate!("./migrations").run(pool).await
 }
 
+/// Applies the migrations on the primary of `database` (the `migrate`
+/// command).
+pub async fn migrate_database(database: &DatabaseUrl) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (pool, _follower) = lazy_pool(database, PgPoolOptions::new().max_connections(1));
+    point_at_primary(&pool, database).await.context("connecting to PostgreSQL")?;
+    migrate(&pool).await.context("applying migrations")?;
+    tracing::info!(message = "migrations applied");
+    Ok(())
+}
+
 /// Writes `batch` atomically: on error nothing of it is written. Tickets
 /// already stored (same id or idempotency key) are skipped, not counted.
 pub async fn write_batch(connection: &mut PgConnection, batch: &[&NewTicket]) -> Result<Written, sqlx::Error> {
