@@ -42,7 +42,6 @@ use crate::signature::{SignatureError, Verifier};
 use crate::store::StoredKey;
 use crate::ticket::{NewTicket, Problem, Status};
 use crate::wal::{Wal, WalError, WalRecord};
-use crate::writer::BatchTuning;
 
 /// gzip adds a few bytes to incompressible data: leave room for them on the
 /// encoded body, the decoded one is held to `max_body_bytes` exactly.
@@ -94,8 +93,8 @@ pub struct AppState {
     pub key_lookup: KeyLookup,
     /// Checks signatures when `signing_secrets` is set.
     pub verifier: Option<Verifier>,
-    /// The batch triggers in force (shown in the metrics).
-    pub tuning: Arc<BatchTuning>,
+    /// The numbers of the moment, for `/metrics`.
+    pub live: crate::live::Live,
     /// The migrations are applied (or not ours to apply).
     pub schema_ready: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -377,7 +376,7 @@ async fn stored_earlier(state: &AppState, key: &str) -> Option<StoredKey> {
         Ok(found) => return found,
         Err(failure) => failure,
     };
-    state.metrics.keys_unchecked.inc();
+    state.metrics.idempotency_keys_unchecked.inc();
     tracing::debug!(message = "idempotency key not looked up: the database did not answer", %failure);
     None
 }
@@ -649,17 +648,7 @@ fn refusing(state: &AppState) -> Option<String> {
 /// Prometheus text format otherwise.
 fn metrics_page(state: &AppState, headers: &HeaderMap) -> HttpResponse {
     let metrics = &state.metrics;
-    metrics.in_flight.set(state.admission.in_flight() as i64);
-    metrics.in_flight_capacity.set(state.admission.capacity() as i64);
-    metrics.in_flight_bytes.set(state.admission.bytes() as i64);
-    metrics.in_flight_bytes_capacity.set(state.admission.max_bytes() as i64);
-    metrics.receiving_bytes.set(state.reception.bytes() as i64);
-    metrics.connections.set((state.settings.max_connections - state.connection_slots.available_permits()) as i64);
-    metrics.queue_depth.set(state.queue.len() as i64);
-    metrics.wal_bytes.set(state.wal.bytes_on_disk() as i64);
-    metrics.batch_max_tickets.set(state.tuning.max_tickets() as i64);
-    metrics.batch_max_bytes.set(state.tuning.max_bytes() as i64);
-    metrics.batch_max_wait.set(state.tuning.max_wait_ms() as f64 / 1000.0);
+    state.live.sample();
     let wants_openmetrics = headers
         .get(ACCEPT)
         .and_then(|accept| accept.to_str().ok())

@@ -19,6 +19,7 @@
 //! - [`partition`] `tickets` and `ticket_lines` partitioned by time with pg_partman: convert, maintain
 //! - [`wal`]       write-ahead log for `ack = wal`: group commit, replay, checkpoints
 //! - [`metrics`]   Prometheus metrics, OpenMetrics text
+//! - [`live`]      the numbers of the moment (budgets, queue, WAL), for `/metrics` and the desk
 //! - [`reload`]    SIGHUP: batch triggers and log level changed at run time
 //! - [`reprocess`] re-parse stored tickets with today's parser (`reprocess` command)
 
@@ -30,6 +31,7 @@ pub mod http;
 pub mod idempotency;
 pub mod job;
 pub mod key_lookup;
+pub mod live;
 pub mod metrics;
 pub mod partition;
 pub mod reload;

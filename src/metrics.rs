@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::{Metric, Registry, Unit};
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -46,31 +46,33 @@ pub struct WriterLabels {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Every metric, each field named as it is exported (after the
+/// `ticket_ingest_` prefix, before a counter's `_total`).
 #[derive(Debug)]
 pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
-    pub request_duration: HistogramFamily<RouteLabels>,
+    pub request_duration_seconds: HistogramFamily<RouteLabels>,
     pub tickets_accepted: Family<StatusLabels, Counter>,
-    pub duplicates: Counter,
-    pub keys_unchecked: Counter,
-    pub keys_taken: Counter,
-    pub keys_expired: Counter,
     pub signature_failures: Counter,
+    pub duplicates: Counter,
+    pub idempotency_keys_unchecked: Counter,
+    pub idempotency_keys_taken: Counter,
+    pub idempotency_keys_expired: Counter,
     pub refused: Family<KindLabels, Counter>,
     pub in_flight: Gauge,
     pub in_flight_capacity: Gauge,
     pub in_flight_bytes: Gauge,
-    pub in_flight_bytes_capacity: Gauge,
+    pub in_flight_capacity_bytes: Gauge,
     pub queue_depth: Gauge,
     pub receiving_bytes: Gauge,
     pub connections: Gauge,
     pub batch_max_tickets: Gauge,
     pub batch_max_bytes: Gauge,
-    pub batch_max_wait: Gauge<f64, AtomicU64>,
+    pub batch_max_wait_seconds: Gauge<f64, AtomicU64>,
     pub batch_size: Histogram,
     pub batches: Family<WriterLabels, Counter>,
-    pub flush_duration: Histogram,
+    pub flush_duration_seconds: Histogram,
     pub tickets_written: Counter,
     pub lines_written: Counter,
     pub products_written: Counter,
@@ -78,8 +80,8 @@ pub struct Metrics {
     pub db_errors: Family<KindLabels, Counter>,
     pub retries: Counter,
     pub poison_tickets: Counter,
-    pub wal_append_duration: Histogram,
-    pub wal_fsync_duration: Histogram,
+    pub wal_append_duration_seconds: Histogram,
+    pub wal_fsync_duration_seconds: Histogram,
     pub wal_bytes: Gauge,
     pub wal_records: Gauge,
     pub wal_replayed: Counter,
@@ -92,187 +94,195 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
 }
 
+/// Registers `metric` under `name` with its `help`, and hands it back.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// [`registered`] with a unit: `name` is exported with the unit's suffix.
+fn registered_in<M: Metric + Clone>(registry: &mut Registry, name: &str, unit: Unit, help: &str, metric: M) -> M {
+    registry.register_with_unit(name, help, unit, metric.clone());
+    metric
+}
+
 impl Metrics {
+    /// Creates, registers and documents every metric, one expression each.
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("ticket_ingest");
-        let metrics = Metrics {
-            requests: Family::default(),
-            request_duration: Family::new_with_constructor(latency_histogram),
-            tickets_accepted: Family::default(),
-            duplicates: Counter::default(),
-            keys_unchecked: Counter::default(),
-            keys_taken: Counter::default(),
-            keys_expired: Counter::default(),
-            signature_failures: Counter::default(),
-            refused: Family::default(),
-            in_flight: Gauge::default(),
-            in_flight_capacity: Gauge::default(),
-            in_flight_bytes: Gauge::default(),
-            in_flight_bytes_capacity: Gauge::default(),
-            queue_depth: Gauge::default(),
-            receiving_bytes: Gauge::default(),
-            connections: Gauge::default(),
-            batch_max_tickets: Gauge::default(),
-            batch_max_bytes: Gauge::default(),
-            batch_max_wait: Gauge::default(),
-            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
-            batches: Family::default(),
-            flush_duration: latency_histogram(),
-            tickets_written: Counter::default(),
-            lines_written: Counter::default(),
-            products_written: Counter::default(),
-            history_written: Counter::default(),
-            db_errors: Family::default(),
-            retries: Counter::default(),
-            poison_tickets: Counter::default(),
-            wal_append_duration: latency_histogram(),
-            wal_fsync_duration: latency_histogram(),
-            wal_bytes: Gauge::default(),
-            wal_records: Gauge::default(),
-            wal_replayed: Counter::default(),
-            wal_truncations: Counter::default(),
-            wal_errors: Counter::default(),
-            registry: Registry::default(),
-        };
-        metrics.register(&mut registry);
-        Metrics { registry, ..metrics }
-    }
-
-    fn register(&self, registry: &mut Registry) {
-        registry.register("requests", "HTTP requests by route and status code", self.requests.clone());
-        registry.register_with_unit(
+        let r = &mut registry;
+        use Unit::{Bytes, Seconds};
+        let requests = registered(r, "requests", "HTTP requests by route and status code", Family::default());
+        let request_duration_seconds = registered_in(
+            r,
             "request_duration",
+            Seconds,
             "Time from request head to response, by route",
-            Unit::Seconds,
-            self.request_duration.clone(),
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram),
         );
-        registry.register("tickets_accepted", "Tickets answered 202, by parse status", self.tickets_accepted.clone());
-        registry.register(
+        let tickets_accepted =
+            registered(r, "tickets_accepted", "Tickets answered 202, by parse status", Family::default());
+        let signature_failures = registered(
+            r,
             "signature_failures",
             "Requests refused with 401: missing, stale or wrong webhook signature",
-            self.signature_failures.clone(),
+            Counter::default(),
         );
-        registry.register(
+        let duplicates = registered(
+            r,
             "duplicates",
             "Requests answered 202 for an idempotency key already seen",
-            self.duplicates.clone(),
+            Counter::default(),
         );
-        registry.register(
+        let idempotency_keys_unchecked = registered(
+            r,
             "idempotency_keys_unchecked",
             "Tickets accepted with an idempotency key the database could not be asked about (only the keys held in memory were compared)",
-            self.keys_unchecked.clone(),
+            Counter::default(),
         );
-        registry.register(
+        let idempotency_keys_taken = registered(
+            r,
             "idempotency_keys_taken",
             "Tickets stored under an idempotency key that already stood for another ticket",
-            self.keys_taken.clone(),
+            Counter::default(),
         );
-        registry.register(
+        let idempotency_keys_expired = registered(
+            r,
             "idempotency_keys_expired",
             "Idempotency keys deleted after idempotency_retention_hours",
-            self.keys_expired.clone(),
+            Counter::default(),
         );
-        registry.register("refused", "Tickets refused with 503, by reason", self.refused.clone());
-        registry.register(
+        let refused = registered(r, "refused", "Tickets refused with 503, by reason", Family::default());
+        let in_flight = registered(
+            r,
             "in_flight",
             "Admission budget in use: tickets accepted, not yet committed",
-            self.in_flight.clone(),
+            Gauge::default(),
         );
-        registry.register(
-            "in_flight_capacity",
-            "Admission budget size (queue_capacity)",
-            self.in_flight_capacity.clone(),
-        );
-        registry.register_with_unit(
+        let in_flight_capacity =
+            registered(r, "in_flight_capacity", "Admission budget size (queue_capacity)", Gauge::default());
+        let in_flight_bytes = registered_in(
+            r,
             "in_flight",
+            Bytes,
             "Admission budget in use, in bytes: bodies and parsed lines in flight",
-            Unit::Bytes,
-            self.in_flight_bytes.clone(),
+            Gauge::default(),
         );
-        registry.register_with_unit(
+        let in_flight_capacity_bytes = registered_in(
+            r,
             "in_flight_capacity",
+            Bytes,
             "Admission budget size in bytes (queue_max_bytes)",
-            Unit::Bytes,
-            self.in_flight_bytes_capacity.clone(),
+            Gauge::default(),
         );
-        registry.register("queue_depth", "Tickets waiting in the queue for a writer", self.queue_depth.clone());
-        registry.register_with_unit(
+        let queue_depth = registered(r, "queue_depth", "Tickets waiting in the queue for a writer", Gauge::default());
+        let receiving_bytes = registered_in(
+            r,
             "receiving",
+            Bytes,
             "Reception budget in use: bytes of request bodies being received",
-            Unit::Bytes,
-            self.receiving_bytes.clone(),
+            Gauge::default(),
         );
-        registry.register("connections", "Open HTTP connections (at most max_connections)", self.connections.clone());
-        registry.register("batch_max_tickets", "Batch size trigger in force", self.batch_max_tickets.clone());
-        registry.register_with_unit(
-            "batch_max",
-            "Batch bytes trigger in force",
-            Unit::Bytes,
-            self.batch_max_bytes.clone(),
-        );
-        registry.register_with_unit(
-            "batch_max_wait",
-            "Batch deadline trigger in force",
-            Unit::Seconds,
-            self.batch_max_wait.clone(),
-        );
-        registry.register("batch_size", "Tickets per flushed batch", self.batch_size.clone());
-        registry.register(
+        let connections =
+            registered(r, "connections", "Open HTTP connections (at most max_connections)", Gauge::default());
+        let batch_max_tickets = registered(r, "batch_max_tickets", "Batch size trigger in force", Gauge::default());
+        let batch_max_bytes = registered_in(r, "batch_max", Bytes, "Batch bytes trigger in force", Gauge::default());
+        let batch_max_wait_seconds =
+            registered_in(r, "batch_max_wait", Seconds, "Batch deadline trigger in force", Gauge::default());
+        let batch_size =
+            registered(r, "batch_size", "Tickets per flushed batch", Histogram::new(exponential_buckets(1.0, 2.0, 14)));
+        let batches = registered(
+            r,
             "batches",
             "Batches flushed, by writer (1 and up only help with a backlog)",
-            self.batches.clone(),
+            Family::default(),
         );
-        registry.register_with_unit(
+        let flush_duration_seconds = registered_in(
+            r,
             "flush_duration",
+            Seconds,
             "Time to write and commit one batch, retries included",
-            Unit::Seconds,
-            self.flush_duration.clone(),
+            latency_histogram(),
         );
-        registry.register("tickets_written", "Ticket rows committed", self.tickets_written.clone());
-        registry.register("lines_written", "Ticket line rows committed", self.lines_written.clone());
-        registry.register("products_written", "Product rows inserted or updated", self.products_written.clone());
-        registry.register(
+        let tickets_written = registered(r, "tickets_written", "Ticket rows committed", Counter::default());
+        let lines_written = registered(r, "lines_written", "Ticket line rows committed", Counter::default());
+        let products_written =
+            registered(r, "products_written", "Product rows inserted or updated", Counter::default());
+        let history_written = registered(
+            r,
             "history_written",
             "Product history rows (product id, name, price) inserted or updated",
-            self.history_written.clone(),
+            Counter::default(),
         );
-        registry.register("db_errors", "Database errors, by kind (transient or data)", self.db_errors.clone());
-        registry.register("retries", "Batch flushes retried after a transient error", self.retries.clone());
-        registry.register(
-            "poison_tickets",
-            "Tickets the database refused, stored as invalid",
-            self.poison_tickets.clone(),
-        );
-        registry.register_with_unit(
+        let db_errors = registered(r, "db_errors", "Database errors, by kind (transient or data)", Family::default());
+        let retries = registered(r, "retries", "Batch flushes retried after a transient error", Counter::default());
+        let poison_tickets =
+            registered(r, "poison_tickets", "Tickets the database refused, stored as invalid", Counter::default());
+        let wal_append_duration_seconds = registered_in(
+            r,
             "wal_append_duration",
+            Seconds,
             "Time to write and fdatasync one group of WAL records",
-            Unit::Seconds,
-            self.wal_append_duration.clone(),
+            latency_histogram(),
         );
-        registry.register_with_unit(
-            "wal_fsync_duration",
-            "Time of one WAL fdatasync",
-            Unit::Seconds,
-            self.wal_fsync_duration.clone(),
-        );
-        registry.register_with_unit("wal", "Bytes of WAL segments on disk", Unit::Bytes, self.wal_bytes.clone());
-        registry.register(
+        let wal_fsync_duration_seconds =
+            registered_in(r, "wal_fsync_duration", Seconds, "Time of one WAL fdatasync", latency_histogram());
+        let wal_bytes = registered_in(r, "wal", Bytes, "Bytes of WAL segments on disk", Gauge::default());
+        let wal_records = registered(
+            r,
             "wal_records",
             "Acknowledged tickets in the WAL not yet committed to PostgreSQL (replayed at the next start if the service stops)",
-            self.wal_records.clone(),
+            Gauge::default(),
         );
-        registry.register("wal_replayed", "WAL records replayed at start", self.wal_replayed.clone());
-        registry.register(
-            "wal_truncations",
-            "WAL segments truncated at a torn or corrupt record",
-            self.wal_truncations.clone(),
-        );
-        registry.register("wal_errors", "WAL write or sync failures, each refusing a group", self.wal_errors.clone());
+        let wal_replayed = registered(r, "wal_replayed", "WAL records replayed at start", Counter::default());
+        let wal_truncations =
+            registered(r, "wal_truncations", "WAL segments truncated at a torn or corrupt record", Counter::default());
+        let wal_errors =
+            registered(r, "wal_errors", "WAL write or sync failures, each refusing a group", Counter::default());
+        Metrics {
+            registry,
+            requests,
+            request_duration_seconds,
+            tickets_accepted,
+            signature_failures,
+            duplicates,
+            idempotency_keys_unchecked,
+            idempotency_keys_taken,
+            idempotency_keys_expired,
+            refused,
+            in_flight,
+            in_flight_capacity,
+            in_flight_bytes,
+            in_flight_capacity_bytes,
+            queue_depth,
+            receiving_bytes,
+            connections,
+            batch_max_tickets,
+            batch_max_bytes,
+            batch_max_wait_seconds,
+            batch_size,
+            batches,
+            flush_duration_seconds,
+            tickets_written,
+            lines_written,
+            products_written,
+            history_written,
+            db_errors,
+            retries,
+            poison_tickets,
+            wal_append_duration_seconds,
+            wal_fsync_duration_seconds,
+            wal_bytes,
+            wal_records,
+            wal_replayed,
+            wal_truncations,
+            wal_errors,
+        }
     }
 
     pub fn record_request(&self, route: &'static str, code: u16, seconds: f64) {
         self.requests.get_or_create(&RequestLabels { route, code }).inc();
-        self.request_duration.get_or_create(&RouteLabels { route }).observe(seconds);
+        self.request_duration_seconds.get_or_create(&RouteLabels { route }).observe(seconds);
     }
 
     /// OpenMetrics text of every metric.

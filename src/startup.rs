@@ -28,11 +28,12 @@ use tokio::sync::Semaphore;
 
 use crate::admission::{Admission, Reception, Refusal};
 use crate::config::Settings;
-use crate::console::{Console, LiveNumbers, LiveSource};
+use crate::console::Console;
 use crate::http::{self, AppState};
 use crate::idempotency::{Answer, RecentKeys, TicketOnItsWay};
 use crate::job::Job;
 use crate::key_lookup::KeyLookup;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::partition;
 use crate::signature::Verifier;
@@ -132,8 +133,21 @@ impl Application {
         .context("starting writer threads")?;
         let listener =
             TcpListener::bind(settings.listen).await.with_context(|| format!("binding {}", settings.listen))?;
-        let live = live_numbers(&settings, &admission, &queue, &wal, &metrics);
-        let console = Console::build(&settings, live).await.context("starting the review desk (console)")?;
+        let live = Live {
+            admission: Arc::clone(&admission),
+            reception: Arc::clone(&reception),
+            connection_slots: Arc::clone(&connection_slots),
+            max_connections: settings.max_connections,
+            queue: queue.clone(),
+            wal: wal.clone(),
+            wal_max_bytes: settings.wal_max_bytes,
+            tuning,
+            metrics: Arc::clone(&metrics),
+        };
+        let desk_live = live.clone();
+        let console = Console::build(&settings, Arc::new(move || desk_live.sample()))
+            .await
+            .context("starting the review desk (console)")?;
         // The keys of the records still in the log were acknowledged before
         // this start: a retry arriving during the replay gets the same id.
         let recent_keys = RecentKeys::new();
@@ -166,7 +180,7 @@ impl Application {
             recent_keys,
             key_lookup,
             verifier,
-            tuning,
+            live,
             schema_ready,
         });
         let recovered = replayed;
@@ -175,7 +189,7 @@ impl Application {
 
     /// The batch triggers the writers use; a SIGHUP reload changes them.
     pub fn batch_tuning(&self) -> Arc<BatchTuning> {
-        Arc::clone(&self.state.tuning)
+        Arc::clone(&self.state.live.tuning)
     }
 
     /// The port actually bound (useful with `listen = "127.0.0.1:0"`).
@@ -310,7 +324,7 @@ async fn expire_idempotency_keys(state: Arc<AppState>) {
             loop {
                 match store::expire_keys(&state.pool, before, KEY_EXPIRY_BATCH).await {
                     Ok(deleted) => {
-                        state.metrics.keys_expired.inc_by(deleted);
+                        state.metrics.idempotency_keys_expired.inc_by(deleted);
                         if deleted < KEY_EXPIRY_BATCH as u64 {
                             break;
                         }
@@ -391,25 +405,4 @@ async fn replay(
         }
     }
     tracing::info!(message = "write-ahead log replayed into the queue", records = total);
-}
-
-/// What the review desk's overview reads of the running service: the
-/// admission budget, the writers' queue and the WAL, sampled on each read.
-fn live_numbers(
-    settings: &Settings,
-    admission: &Arc<Admission>,
-    queue: &crossbeam_channel::Sender<Job>,
-    wal: &Wal<Job>,
-    metrics: &Arc<Metrics>,
-) -> LiveSource {
-    let (admission, queue, wal, metrics) = (Arc::clone(admission), queue.clone(), wal.clone(), Arc::clone(metrics));
-    let wal_max_bytes = settings.wal_max_bytes;
-    Arc::new(move || LiveNumbers {
-        in_flight: admission.in_flight(),
-        in_flight_capacity: admission.capacity(),
-        queue_depth: queue.len(),
-        wal_records: metrics.wal_records.get(),
-        wal_bytes: wal.bytes_on_disk(),
-        wal_max_bytes,
-    })
 }

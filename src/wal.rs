@@ -461,7 +461,7 @@ impl<J: Logged> Appender<J> {
         // The buffer's records are on disk or refused: a segment opened from
         // here on is for the records after them.
         self.buffer_first_seq = None;
-        self.metrics.wal_append_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.wal_append_duration_seconds.observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 if self.retry_at.take().is_some()
@@ -541,7 +541,7 @@ impl<J: Logged> Appender<J> {
         }
         let synced = Instant::now();
         file.sync_data()?;
-        self.metrics.wal_fsync_duration.observe(synced.elapsed().as_secs_f64());
+        self.metrics.wal_fsync_duration_seconds.observe(synced.elapsed().as_secs_f64());
         let written = self.buffer.len() as u64;
         segment.bytes = end;
         self.bytes_on_disk.fetch_add(written, Ordering::Relaxed);

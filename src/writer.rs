@@ -288,7 +288,7 @@ impl Writer {
         self.write_until_stored(&tickets, may_be_abandoned, &mut unwritten);
         self.metrics.batch_size.observe(batch.len() as f64);
         self.metrics.batches.get_or_create(&WriterLabels { writer: self.number }).inc();
-        self.metrics.flush_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.flush_duration_seconds.observe(started.elapsed().as_secs_f64());
         unwritten
     }
 
@@ -520,7 +520,7 @@ impl Writer {
         self.metrics.products_written.inc_by(written.products);
         self.metrics.history_written.inc_by(written.history);
         if !written.keys_taken.is_empty() {
-            self.metrics.keys_taken.inc_by(written.keys_taken.len() as u64);
+            self.metrics.idempotency_keys_taken.inc_by(written.keys_taken.len() as u64);
             tracing::warn!(
                 message = "tickets stored under an idempotency key that already stood for another ticket: each was answered 202 with its own id, its key still answers the first one",
                 tickets = ?written.keys_taken

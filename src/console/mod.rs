@@ -107,21 +107,7 @@ pub struct ConsoleState {
 }
 
 /// Reads the service's admission, queue and WAL numbers now.
-pub type LiveSource = Arc<dyn Fn() -> LiveNumbers + Send + Sync>;
-
-/// What the overview shows of the running service besides the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LiveNumbers {
-    /// Tickets admitted and not yet written (the admission budget in use).
-    pub in_flight: usize,
-    pub in_flight_capacity: usize,
-    /// Tickets waiting in the writers' queue.
-    pub queue_depth: usize,
-    /// WAL records not known to be committed.
-    pub wal_records: i64,
-    pub wal_bytes: u64,
-    pub wal_max_bytes: u64,
-}
+pub type LiveSource = Arc<dyn Fn() -> crate::live::LiveNumbers + Send + Sync>;
 
 /// A bound console listener, not yet serving.
 pub struct Console {
