@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use crate::admission::Permit;
 use crate::idempotency::TicketOnItsWay;
 use crate::ticket::NewTicket;
-use crate::wal::Logged;
+use crate::wal::{Logged, WalRecord};
 
 /// One accepted ticket on its way to the database.
 #[derive(Debug)]
@@ -78,5 +78,18 @@ impl Job {
 impl Logged for Job {
     fn logged_as(&mut self, seq: u64) {
         self.wal_seq = Some(seq);
+    }
+}
+
+/// A ticket's write-ahead log record: what the next start needs to store it
+/// under the same id.
+impl From<&NewTicket> for WalRecord {
+    fn from(ticket: &NewTicket) -> WalRecord {
+        WalRecord {
+            id: ticket.id,
+            received_at: ticket.received_at,
+            idempotency_key: ticket.idempotency_key.clone(),
+            raw: ticket.raw.clone(),
+        }
     }
 }

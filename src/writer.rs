@@ -353,12 +353,7 @@ impl Writer {
         self.runtime.block_on(async {
             let mut appends = Vec::with_capacity(tickets.len());
             for ticket in tickets {
-                let record = WalRecord {
-                    id: ticket.id,
-                    received_at: ticket.received_at,
-                    idempotency_key: ticket.idempotency_key.clone(),
-                    raw: ticket.raw.clone(),
-                };
+                let record = WalRecord::from(*ticket);
                 let wal = wal.clone();
                 appends.push(tokio::spawn(async move { wal.append(record, None).await }));
             }
