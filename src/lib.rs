@@ -17,6 +17,7 @@
 //! - [`store`]     SQL: one statement per table per batch, migrations
 //! - [`partition`] `tickets` and `ticket_lines` partitioned by time with pg_partman: convert, maintain
 //! - [`wal`]       write-ahead log for `ack = wal`: group commit, replay, checkpoints
+//! - [`standby`]   records kept in the log until the standbys flushed their commit; rewrite on a new primary
 //! - [`metrics`]   Prometheus metrics, OpenMetrics text
 //! - [`reload`]    SIGHUP: batch triggers and log level changed at run time
 //! - [`reprocess`] re-parse stored tickets with today's parser (`reprocess` command)
@@ -34,6 +35,7 @@ pub mod partition;
 pub mod reload;
 pub mod reprocess;
 pub mod signature;
+pub mod standby;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

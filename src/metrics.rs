@@ -82,6 +82,8 @@ pub struct Metrics {
     pub wal_fsync_duration: Histogram,
     pub wal_bytes: Gauge,
     pub wal_records: Gauge,
+    pub wal_records_held_for_standbys: Gauge,
+    pub wal_records_written_again: Counter,
     pub wal_replayed: Counter,
     pub wal_truncations: Counter,
     pub wal_errors: Counter,
@@ -129,6 +131,8 @@ impl Metrics {
             wal_fsync_duration: latency_histogram(),
             wal_bytes: Gauge::default(),
             wal_records: Gauge::default(),
+            wal_records_held_for_standbys: Gauge::default(),
+            wal_records_written_again: Counter::default(),
             wal_replayed: Counter::default(),
             wal_truncations: Counter::default(),
             wal_errors: Counter::default(),
@@ -258,8 +262,18 @@ impl Metrics {
         registry.register_with_unit("wal", "Bytes of WAL segments on disk", Unit::Bytes, self.wal_bytes.clone());
         registry.register(
             "wal_records",
-            "Acknowledged tickets in the WAL not yet committed to PostgreSQL (replayed at the next start if the service stops)",
+            "Acknowledged tickets in the WAL not yet committed to PostgreSQL, or committed on the primary and not yet known flushed on the standbys (replayed at the next start if the service stops)",
             self.wal_records.clone(),
+        );
+        registry.register(
+            "wal_records_held_for_standbys",
+            "WAL records committed on the primary, kept until enough standbys flushed their commit (wal_hold_for_standbys)",
+            self.wal_records_held_for_standbys.clone(),
+        );
+        registry.register(
+            "wal_records_written_again",
+            "WAL records written again on a new primary (another timeline or system identifier) that may lack them",
+            self.wal_records_written_again.clone(),
         );
         registry.register("wal_replayed", "WAL records replayed at start", self.wal_replayed.clone());
         registry.register(

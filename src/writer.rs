@@ -28,7 +28,9 @@
 //!   its raw body and the database's message.
 //!
 //! After the flush, the batch's WAL sequence numbers are reported to the
-//! log, which deletes a segment once all its records are committed.
+//! [`StandbyGate`], which hands them to the log once the standbys flushed
+//! their commit (at once with `wal_hold_for_standbys = off`); the log
+//! deletes a segment once all its records are released.
 //!
 //! A flush returns what it could not write ([`Unwritten`]); the report
 //! answers each job with its own outcome ([`Stored`]), so an `ack = commit`
@@ -62,6 +64,7 @@ use crate::config::Settings;
 use crate::database_url::DatabaseUrl;
 use crate::job::{Job, Stored};
 use crate::metrics::{KindLabels, Metrics, WriterLabels};
+use crate::standby::StandbyGate;
 use crate::store::{self, Failure, Written};
 use crate::ticket::{NewTicket, Problem, Status};
 use crate::wal::{Wal, WalError, WalRecord};
@@ -139,7 +142,7 @@ impl Writers {
         database: &DatabaseUrl,
         queue: Receiver<Job>,
         admission: Arc<Admission>,
-        wal: Wal<Job>,
+        gate: StandbyGate,
         tuning: Arc<BatchTuning>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<Writers> {
@@ -150,12 +153,14 @@ impl Writers {
                 number,
                 queue: queue.clone(),
                 admission: Arc::clone(&admission),
-                wal: wal.clone(),
+                wal: gate.wal().clone(),
+                gate: gate.clone(),
                 metrics: Arc::clone(&metrics),
                 database: database.clone(),
                 tuning: Arc::clone(&tuning),
                 grace: settings.shutdown_grace(),
                 connection: None,
+                connected_in: 0,
                 runtime,
             };
             let handle = std::thread::Builder::new().name(format!("writer-{number}")).spawn(move || writer.run())?;
@@ -179,6 +184,8 @@ struct Writer {
     queue: Receiver<Job>,
     admission: Arc<Admission>,
     wal: Wal<Job>,
+    /// Where commits are reported: the log, once the standbys have them.
+    gate: StandbyGate,
     metrics: Arc<Metrics>,
     /// Where to write: the first suitable host of `database_url`,
     /// looked up again at every reconnection.
@@ -188,6 +195,8 @@ struct Writer {
     /// still tried (`shutdown_grace_ms`).
     grace: Duration,
     connection: Option<PgConnection>,
+    /// The gate's epoch read before `connection` was opened.
+    connected_in: u64,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -426,12 +435,17 @@ impl Writer {
         let grace = self.grace;
         let runtime = &self.runtime;
         let connection = &mut self.connection;
+        let connected_in = &mut self.connected_in;
+        let epoch = self.gate.epoch();
         let database = &self.database;
         runtime.block_on(async {
             let attempt = async {
                 let mut open = match connection.take() {
                     Some(open) => open,
-                    None => store::connect(database).await.map_err(WriteError::Transient)?,
+                    None => {
+                        *connected_in = epoch;
+                        store::connect(database).await.map_err(WriteError::Transient)?
+                    }
                 };
                 let result = store::write_batch(&mut open, tickets).await.map_err(classify);
                 *connection = Some(open);
@@ -463,6 +477,8 @@ impl Writer {
         let grace = self.grace;
         let database = &self.database;
         let connection = &mut self.connection;
+        // Read before any probe opens a connection.
+        self.connected_in = self.gate.epoch();
         self.runtime.block_on(async {
             let wait = async {
                 if probing {
@@ -479,7 +495,8 @@ impl Writer {
         });
     }
 
-    /// Tells the WAL what is committed, answers the `ack = commit`
+    /// Tells the WAL what is committed (through the gate, which holds it
+    /// until the standbys have it), answers the `ack = commit`
     /// requests with their ticket's outcome; dropping the jobs gives their
     /// permits back.
     fn report(&mut self, batch: Vec<Job>, unwritten: &Unwritten) {
@@ -491,7 +508,7 @@ impl Writer {
             }
             job.answer(outcome);
         }
-        self.wal.committed(committed);
+        self.gate.committed(committed, self.connected_in);
     }
 
     fn count_written(&self, written: Written) {
