@@ -509,6 +509,11 @@ impl Writer {
             job.answer(outcome);
         }
         self.gate.committed(committed, self.connected_in);
+        if self.connected_in < self.gate.epoch() {
+            // Opened before the service found another primary: its commits
+            // are written again, so the next batch takes a fresh connection.
+            self.connection = None;
+        }
     }
 
     fn count_written(&self, written: Written) {

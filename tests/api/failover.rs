@@ -188,6 +188,21 @@ struct FailoverRun {
     stored_at_end: i64,
     saw_503_during_outage: bool,
     ready_after_promotion: Duration,
+    /// Records the service wrote again on the promoted replica.
+    written_again: u64,
+}
+
+/// A counter of the service's `/metrics`, 0 when absent.
+async fn counter(service: &ServiceProcess, name: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", service.address))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+        .unwrap_or(0)
 }
 
 /// Load on the service, the primary killed (`-m immediate`), two seconds
@@ -247,6 +262,7 @@ async fn kill_the_primary_under_load_and_promote(pair: &Pair, ack: AckMode) -> F
     assert!(stored_at_end > stored_at_promotion, "the service wrote to the promoted replica without a restart");
     let mismatches = catalogue_mismatches(&new_primary).await;
     assert!(mismatches.is_empty(), "products.times_seen against the stored lines: {mismatches:?}");
+    let written_again = counter(&service, "ticket_ingest_wal_records_written_again_total").await;
     drop(service);
     FailoverRun {
         accepted: outcome.accepted.len(),
@@ -254,6 +270,7 @@ async fn kill_the_primary_under_load_and_promote(pair: &Pair, ack: AckMode) -> F
         stored_at_end,
         saw_503_during_outage,
         ready_after_promotion,
+        written_again,
     }
 }
 
@@ -291,7 +308,7 @@ async fn with_asynchronous_replication_a_standby_behind_loses_no_ticket_acknowle
 
     assert!(run.saw_503_during_outage, "/readyz answered 503 while no primary was up");
     eprintln!(
-        "failover (ack = wal, asynchronous, standby {STANDBY_LAG:?} behind): {} tickets acknowledged, {} stored at the promotion, {} at the end, ready {:?} after the promotion",
-        run.accepted, run.stored_at_promotion, run.stored_at_end, run.ready_after_promotion
+        "failover (ack = wal, asynchronous, standby {STANDBY_LAG:?} behind): {} tickets acknowledged, {} stored at the promotion, {} at the end, {} records written again, ready {:?} after the promotion",
+        run.accepted, run.stored_at_promotion, run.stored_at_end, run.written_again, run.ready_after_promotion
     );
 }
