@@ -19,6 +19,8 @@
 # tests/api/browser.rs drives headless Chromium through chromedriver:
 # Debian's chromium and chromium-driver, installed when missing and run as
 # root (otherwise those tests fail, naming the packages).
+# tests/api/patroni.rs runs etcd and a Patroni cluster on loopback ports:
+# Debian's patroni and etcd-server, installed the same way.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -124,6 +126,21 @@ elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$partman_package" >/dev/null
 else
     echo "$partman_package is missing (the partitioned tests will fail): apt-get install $partman_package, as root" >&2
+fi
+
+# Debian's patroni and etcd-server, for tests/api/patroni.rs (a Patroni
+# cluster on loopback ports, stopped by the test).
+if command -v patroni >/dev/null && command -v patronictl >/dev/null && command -v etcd >/dev/null; then
+    :
+elif [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    step "installing Debian's patroni and etcd-server (tests/api/patroni.rs)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq patroni etcd-server >/dev/null
+    # The package's own etcd service is not ours: the test runs its own.
+    if command -v systemctl >/dev/null; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+else
+    echo "patroni and etcd-server are missing (tests/api/patroni.rs will fail):" \
+        "apt-get install patroni etcd-server, as root" >&2
 fi
 
 step "deployment files: scripts/check-deploy.sh"

@@ -59,6 +59,22 @@ pub enum AckMode {
     Memory,
 }
 
+/// Whether a record stays in the write-ahead log, once its ticket is
+/// committed on the primary, until the standbys have flushed that commit
+/// too (`wal_hold_for_standbys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldForStandbys {
+    /// Released as soon as the primary committed it.
+    Off,
+    /// Held until `wal_standbys_flushed` standbys flushed its commit;
+    /// released at once while fewer than that are connected.
+    Auto,
+    /// Held until `wal_standbys_flushed` standbys flushed its commit, also
+    /// while fewer are connected: the log fills, then refuses (`503`).
+    Always,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -130,6 +146,12 @@ pub struct Settings {
     pub wal_segment_bytes: u64,
     /// Past this many bytes on disk, tickets are refused with `503`.
     pub wal_max_bytes: u64,
+    /// Whether a record committed on the primary stays in the log until
+    /// the standbys flushed its commit: `off`, `auto` or `always`.
+    pub wal_hold_for_standbys: HoldForStandbys,
+    /// How many standbys must have flushed a commit before its records
+    /// leave the log.
+    pub wal_standbys_flushed: usize,
     /// How long an `Idempotency-Key` is kept in the database: a repeat
     /// within it is answered with the first id, whichever instance takes
     /// it and whatever restarts happened meanwhile.
@@ -199,6 +221,8 @@ impl Default for Settings {
             wal_dir: PathBuf::from(".data/wal"),
             wal_segment_bytes: 64 * 1024 * 1024,
             wal_max_bytes: 1024 * 1024 * 1024,
+            wal_hold_for_standbys: HoldForStandbys::Auto,
+            wal_standbys_flushed: 1,
             idempotency_retention_hours: 7 * 24,
             signing_secrets: Vec::new(),
             signing_tolerance_s: 300,
@@ -344,6 +368,7 @@ impl Settings {
             key: "wal_max_bytes",
             reason: "must be at least wal_segment_bytes".to_string(),
         })?;
+        at_least("wal_standbys_flushed", self.wal_standbys_flushed as u64, 1)?;
         if let Err(reason) = crate::signature::Verifier::new(&self.signing_secrets, self.signing_tolerance_s) {
             return Err(ConfigError::OutOfRange { key: "signing_secrets", reason });
         }

@@ -200,6 +200,20 @@ impl<F: Clone + Send + Sync + 'static> RecentKeys<F> {
         on_its_way
     }
 
+    /// A record of the write-ahead log written again (the service found
+    /// itself on another primary, which may lack it): while it is on its
+    /// way, memory answers the key's repeats with its id, as before its
+    /// first write — unless the key already stands for another ticket, or
+    /// a first request with it is under way. The job carries what this
+    /// returns.
+    pub fn on_its_way_again(&self, key: &str, answer: Answer, body: &[u8]) -> TicketOnItsWay {
+        let on_its_way = TicketOnItsWay::new();
+        let id = answer.id;
+        let settled = Settled { answer, body_hash: body_hash(body), on_its_way: on_its_way.watch() };
+        self.settle_anew_where(key, settled, |entry| entry.first_id == id);
+        on_its_way
+    }
+
     /// The database says `key` stands for the ticket `answer`, with a body
     /// hashing to `first_body_hash`: later repeats get that one.
     pub fn stands_for(&self, key: &str, answer: Answer, first_body_hash: BodyHash) {
@@ -223,10 +237,16 @@ impl<F: Clone + Send + Sync + 'static> RecentKeys<F> {
     /// Puts `settled` in for `key`: as a new entry, or, with `replace`, over
     /// a settled one (never over a first request still under way).
     fn settle_anew(&self, key: &str, settled: Settled, replace: bool) {
+        self.settle_anew_where(key, settled, |_| replace);
+    }
+
+    /// [`RecentKeys::settle_anew`], replacing a settled entry where
+    /// `replace` says so.
+    fn settle_anew_where(&self, key: &str, settled: Settled, replace: impl Fn(&Entry<F>) -> bool) {
         let mut inner = lock(&self.inner);
         if let Some(entry) = inner.entries.get(key) {
             let under_way = entry.outcome.borrow().is_none();
-            if !replace || under_way {
+            if !replace(entry) || under_way {
                 return;
             }
             inner.entries.remove(key);

@@ -18,6 +18,7 @@
 //! - [`store`]     SQL: one statement per table per batch, migrations
 //! - [`partition`] `tickets` and `ticket_lines` partitioned by time with pg_partman: convert, maintain
 //! - [`wal`]       write-ahead log for `ack = wal`: group commit, replay, checkpoints
+//! - [`standby`]   records kept in the log until the standbys flushed their commit; rewrite on a new primary
 //! - [`metrics`]   Prometheus metrics, OpenMetrics text
 //! - [`live`]      the numbers of the moment (budgets, queue, WAL), for `/metrics` and the desk
 //! - [`reload`]    SIGHUP: batch triggers and log level changed at run time
@@ -38,6 +39,7 @@ pub mod reload;
 pub mod reprocess;
 pub mod signal;
 pub mod signature;
+pub mod standby;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -84,6 +84,8 @@ pub struct Metrics {
     pub wal_fsync_duration_seconds: Histogram,
     pub wal_bytes: Gauge,
     pub wal_records: Gauge,
+    pub wal_records_held_for_standbys: Gauge,
+    pub wal_records_written_again: Counter,
     pub wal_replayed: Counter,
     pub wal_truncations: Counter,
     pub wal_errors: Counter,
@@ -231,8 +233,20 @@ impl Metrics {
         let wal_records = registered(
             r,
             "wal_records",
-            "Acknowledged tickets in the WAL not yet committed to PostgreSQL (replayed at the next start if the service stops)",
+            "Acknowledged tickets in the WAL not yet committed to PostgreSQL, or committed on the primary and not yet known flushed on the standbys (replayed at the next start if the service stops)",
             Gauge::default(),
+        );
+        let wal_records_held_for_standbys = registered(
+            r,
+            "wal_records_held_for_standbys",
+            "WAL records committed on the primary, kept until enough standbys flushed their commit (wal_hold_for_standbys)",
+            Gauge::default(),
+        );
+        let wal_records_written_again = registered(
+            r,
+            "wal_records_written_again",
+            "WAL records written again on a new primary (another timeline or system identifier) that may lack them",
+            Counter::default(),
         );
         let wal_replayed = registered(r, "wal_replayed", "WAL records replayed at start", Counter::default());
         let wal_truncations =
@@ -274,6 +288,8 @@ impl Metrics {
             wal_fsync_duration_seconds,
             wal_bytes,
             wal_records,
+            wal_records_held_for_standbys,
+            wal_records_written_again,
             wal_replayed,
             wal_truncations,
             wal_errors,

@@ -37,6 +37,7 @@ use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::partition;
 use crate::signature::Verifier;
+use crate::standby::{StandbyGate, StandbyWatch};
 use crate::store::{self, DatabaseRefusal};
 use crate::ticket::{NewTicket, ParsedTicket};
 use crate::wal::{Recovered, Wal, WalThread};
@@ -48,6 +49,9 @@ pub struct Application {
     state: Arc<AppState>,
     writers: Writers,
     wal_thread: WalThread<Job>,
+    /// Where the writers report their commits: records leave the log once
+    /// the standbys flushed them too (`wal_hold_for_standbys`).
+    standby_gate: StandbyGate,
     /// Records the log held at start, not known to be committed, each with
     /// the idempotency window's [`TicketOnItsWay`] when it has a key.
     recovered: Vec<(Recovered, Option<TicketOnItsWay>)>,
@@ -118,13 +122,14 @@ impl Application {
         )
         .with_context(|| format!("opening the write-ahead log in {} (wal_dir)", settings.wal_dir.display()))?;
         let tuning = BatchTuning::new(&settings);
+        let standby_gate = StandbyGate::new(&settings, wal.clone());
         let writers = Writers::spawn(
             &settings,
             &database,
             receiver,
             Shared {
                 admission: Arc::clone(&admission),
-                wal: wal.clone(),
+                gate: standby_gate.clone(),
                 tuning: Arc::clone(&tuning),
                 metrics: Arc::clone(&metrics),
                 refusal: Arc::clone(&refusal),
@@ -184,7 +189,16 @@ impl Application {
             schema_ready,
         });
         let recovered = replayed;
-        Ok(Application { listener, state, writers, wal_thread, recovered, console, partition_maintenance })
+        Ok(Application {
+            listener,
+            state,
+            writers,
+            wal_thread,
+            standby_gate,
+            recovered,
+            console,
+            partition_maintenance,
+        })
     }
 
     /// The batch triggers the writers use; a SIGHUP reload changes them.
@@ -203,7 +217,17 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let Application { listener, state, writers, wal_thread, recovered, console, partition_maintenance } = self;
+        let Application {
+            listener,
+            state,
+            writers,
+            wal_thread,
+            standby_gate,
+            recovered,
+            console,
+            partition_maintenance,
+        } = self;
+        let standby_watch = StandbyWatch::spawn(standby_gate, Arc::clone(&state))?;
         // The console stops with the webhook listener, first of all.
         let (stop_console, console_stopped) = tokio::sync::watch::channel(false);
         let console = console.map(|console| {
@@ -274,12 +298,12 @@ impl Application {
             tracing::warn!(message = "grace period over, connections still open are closed at exit");
         }
         tracing::info!(message = "draining the queue", in_flight = state.admission.in_flight());
-        let leftover = tokio::task::spawn_blocking(move || {
-            writers.join();
-            wal_thread.stop()
-        })
-        .await
-        .context("joining writers")?;
+        tokio::task::spawn_blocking(move || writers.join()).await.context("joining writers")?;
+        let held_for_standbys = match standby_watch {
+            Some(watch) => watch.finish().await,
+            None => 0,
+        };
+        let leftover = tokio::task::spawn_blocking(move || wal_thread.stop()).await.context("stopping the WAL")?;
         // Answers the writers gave at the end (`503` for `ack = commit`
         // requests given up) still have to reach their clients.
         if !drained {
@@ -296,8 +320,9 @@ impl Application {
             tracing::info!(message = "stopped, every accepted ticket is committed");
         } else {
             tracing::warn!(
-                message = "stopped with acknowledged tickets not yet in PostgreSQL: they are kept in the write-ahead log and written at the next start with this wal_dir; do not delete it",
+                message = "stopped with acknowledged tickets not yet in PostgreSQL, or not yet known flushed on a standby: they are kept in the write-ahead log and written at the next start with this wal_dir (those stored are skipped); do not delete it",
                 tickets = leftover.records,
+                held_for_standbys,
                 segments = leftover.segments,
                 bytes = leftover.bytes,
                 wal_dir = %state.settings.wal_dir.display()
@@ -378,31 +403,51 @@ async fn replay(
     }
     let total = recovered.len();
     tracing::info!(message = "replaying the write-ahead log", records = total);
-    for (done, (Recovered { seq, record }, on_its_way)) in recovered.into_iter().enumerate() {
+    match feed_to_writers(recovered, &admission, &queue).await {
+        Ok(()) => tracing::info!(message = "write-ahead log replayed into the queue", records = total),
+        Err(Stopped { queued }) => {
+            tracing::warn!(
+                message = "shutting down during replay; the rest stays in the log",
+                replayed = queued,
+                records = total
+            )
+        }
+    }
+}
+
+/// The service stopped taking tickets after this many were queued.
+#[derive(Debug)]
+pub(crate) struct Stopped {
+    pub queued: usize,
+}
+
+/// Queues records of the log for the writers under their ids and sequence
+/// numbers, in order, each with a permit (waiting for room in the budget).
+pub(crate) async fn feed_to_writers(
+    records: Vec<(Recovered, Option<TicketOnItsWay>)>,
+    admission: &Arc<Admission>,
+    queue: &crossbeam_channel::Sender<Job>,
+) -> Result<(), Stopped> {
+    for (done, (Recovered { seq, record }, on_its_way)) in records.into_iter().enumerate() {
         let permit = loop {
             match admission.try_acquire() {
                 Ok(permit) => break permit,
                 Err(Refusal::Exhausted) => tokio::time::sleep(Duration::from_millis(5)).await,
-                Err(Refusal::Closed) => {
-                    tracing::warn!(
-                        message = "shutting down during replay; the rest stays in the log",
-                        replayed = done,
-                        records = total
-                    );
-                    return;
-                }
+                Err(Refusal::Closed) => return Err(Stopped { queued: done }),
             }
         };
         let ticket = NewTicket::known(record.id, record.received_at, record.idempotency_key, record.raw);
         let mut job = Job::new(ticket, permit).on_its_way(on_its_way);
         job.wal_seq = Some(seq);
         if queue.try_send(job).is_err() {
-            tracing::error!(message = "writers stopped during replay; the rest stays in the log", replayed = done);
-            return;
+            tracing::error!(
+                message = "writers stopped while records of the log were queued; the rest stays in the log"
+            );
+            return Err(Stopped { queued: done });
         }
         if (done + 1) % 10_000 == 0 {
-            tracing::info!(message = "replay progress", replayed = done + 1, records = total);
+            tracing::info!(message = "records of the log queued", queued = done + 1);
         }
     }
-    tracing::info!(message = "write-ahead log replayed into the queue", records = total);
+    Ok(())
 }

@@ -28,7 +28,9 @@
 //!   its raw body and the database's message.
 //!
 //! After the flush, the batch's WAL sequence numbers are reported to the
-//! log, which deletes a segment once all its records are committed.
+//! [`StandbyGate`], which hands them to the log once the standbys flushed
+//! their commit (at once with `wal_hold_for_standbys = off`); the log
+//! deletes a segment once all its records are released.
 //!
 //! A flush returns what it could not write ([`Unwritten`]); the report
 //! answers each job with its own outcome ([`Stored`]), so an `ack = commit`
@@ -62,6 +64,7 @@ use crate::config::Settings;
 use crate::database_url::DatabaseUrl;
 use crate::job::{Job, Stored};
 use crate::metrics::{KindLabels, Metrics, WriterLabels};
+use crate::standby::StandbyGate;
 use crate::store::{self, DatabaseRefusal, Failure, Written};
 use crate::ticket::{NewTicket, Problem, Status};
 use crate::wal::{Wal, WalError, WalRecord};
@@ -136,7 +139,9 @@ pub struct Writers {
 /// What the writers share with the rest of the service.
 pub struct Shared {
     pub admission: Arc<Admission>,
-    pub wal: Wal<Job>,
+    /// Where commits are reported; it hands them to the log once the
+    /// standbys have them.
+    pub gate: StandbyGate,
     pub tuning: Arc<BatchTuning>,
     pub metrics: Arc<Metrics>,
     /// Told whether the database refuses the service for good.
@@ -150,7 +155,7 @@ impl Writers {
         queue: Receiver<Job>,
         shared: Shared,
     ) -> std::io::Result<Writers> {
-        let Shared { admission, wal, tuning, metrics, refusal } = shared;
+        let Shared { admission, gate, tuning, metrics, refusal } = shared;
         let mut handles = Vec::with_capacity(settings.writers);
         for number in 0..settings.writers {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -158,13 +163,15 @@ impl Writers {
                 number,
                 queue: queue.clone(),
                 admission: Arc::clone(&admission),
-                wal: wal.clone(),
+                wal: gate.wal().clone(),
+                gate: gate.clone(),
                 metrics: Arc::clone(&metrics),
                 database: database.clone(),
                 tuning: Arc::clone(&tuning),
                 grace: settings.shutdown_grace(),
                 refusal: Arc::clone(&refusal),
                 connection: None,
+                connected_in: 0,
                 runtime,
             };
             let handle = std::thread::Builder::new().name(format!("writer-{number}")).spawn(move || writer.run())?;
@@ -188,6 +195,8 @@ struct Writer {
     queue: Receiver<Job>,
     admission: Arc<Admission>,
     wal: Wal<Job>,
+    /// Where commits are reported: the log, once the standbys have them.
+    gate: StandbyGate,
     metrics: Arc<Metrics>,
     /// Where to write: the first suitable host of `database_url`,
     /// looked up again at every reconnection.
@@ -199,6 +208,8 @@ struct Writer {
     /// Told whether the database refuses us for good (`/healthz`).
     refusal: Arc<DatabaseRefusal>,
     connection: Option<PgConnection>,
+    /// The gate's epoch read before `connection` was opened.
+    connected_in: u64,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -432,6 +443,8 @@ impl Writer {
         let grace = self.grace;
         let runtime = &self.runtime;
         let connection = &mut self.connection;
+        let connected_in = &mut self.connected_in;
+        let epoch = self.gate.epoch();
         let database = &self.database;
         let refusal = &self.refusal;
         runtime.block_on(async {
@@ -439,6 +452,7 @@ impl Writer {
                 let mut open = match connection.take() {
                     Some(open) => open,
                     None => {
+                        *connected_in = epoch;
                         let opened = store::connect(database).await;
                         refusal.observe(opened.as_ref().map(|_| ()));
                         opened.map_err(WriteError::Transient)?
@@ -478,6 +492,8 @@ impl Writer {
         let grace = self.grace;
         let database = &self.database;
         let connection = &mut self.connection;
+        // Read before any probe opens a connection.
+        self.connected_in = self.gate.epoch();
         self.runtime.block_on(async {
             let wait = async {
                 if probing {
@@ -494,7 +510,8 @@ impl Writer {
         });
     }
 
-    /// Tells the WAL what is committed, answers the `ack = commit`
+    /// Tells the WAL what is committed (through the gate, which holds it
+    /// until the standbys have it), answers the `ack = commit`
     /// requests with their ticket's outcome; dropping the jobs gives their
     /// permits back.
     fn report(&mut self, batch: Vec<Job>, unwritten: &Unwritten) {
@@ -506,7 +523,12 @@ impl Writer {
             }
             job.answer(outcome);
         }
-        self.wal.committed(committed);
+        self.gate.committed(committed, self.connected_in);
+        if self.connected_in < self.gate.epoch() {
+            // Opened before the service found another primary: its commits
+            // are written again, so the next batch takes a fresh connection.
+            self.connection = None;
+        }
     }
 
     fn count_written(&self, written: Written) {

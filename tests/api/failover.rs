@@ -16,7 +16,7 @@ use ticket_ingest::config::AckMode;
 use uuid::Uuid;
 
 use crate::helpers::{
-    assert_every_acknowledged_ticket_stored_once, free_port, run_keyed_load, temp_dir, ServiceProcess,
+    assert_every_acknowledged_ticket_stored_once, free_port, run_keyed_load, temp_dir, DbProxy, ServiceProcess,
 };
 
 /// Runs `script` in bash with scripts/pg.sh's functions loaded; panics
@@ -37,20 +37,44 @@ struct Pair {
     base: PathBuf,
     primary_port: u16,
     replica_port: u16,
+    /// The replica's streaming connection goes through this proxy, when
+    /// the test makes the replica fall behind ([`Pair::start_lagging`]).
+    standby_link: Option<DbProxy>,
 }
+
+/// How long the standby falls behind before the primary is killed, in
+/// [`kill_the_primary_under_load_and_promote`] on a lagging pair.
+const STANDBY_LAG: Duration = Duration::from_millis(1_500);
 
 impl Pair {
     /// Starts a primary, creates `tickets` in it, clones it into a
     /// streaming replica. `synchronous`: a commit on the primary waits
     /// until the replica has flushed it (`synchronous_standby_names`).
     async fn start(synchronous: bool) -> Pair {
+        Pair::start_with(synchronous, false).await
+    }
+
+    /// An asynchronous pair whose replica streams through a [`DbProxy`]:
+    /// stalled, the replica receives (and flushes) nothing more while the
+    /// primary still counts it as streaming.
+    async fn start_lagging() -> Pair {
+        Pair::start_with(false, true).await
+    }
+
+    async fn start_with(synchronous: bool, through_proxy: bool) -> Pair {
         // The `postgres` user must reach it: not under root's home.
         let base = PathBuf::from(format!("/var/tmp/ticket-ingest-failover-{}", Uuid::now_v7().simple()));
         std::fs::create_dir_all(&base).expect("base dir");
         pg_sh(&format!("chmod 755 {}", base.display()));
-        let pair = Pair { base, primary_port: free_port(), replica_port: free_port() };
+        let mut pair = Pair { base, primary_port: free_port(), replica_port: free_port(), standby_link: None };
         let (primary, replica) = (pair.dir("primary"), pair.dir("replica"));
         pg_sh(&format!("pg_start {primary} {}", pair.primary_port));
+        if through_proxy {
+            pair.standby_link = Some(DbProxy::start(&pair.url(pair.primary_port, "postgres")).await);
+        }
+        // pg_basebackup -R writes the port it copied through into
+        // primary_conninfo: the proxy's, when there is one.
+        let upstream_port = pair.standby_link.as_ref().map_or(pair.primary_port, |link| link.port);
         let mut admin = PgConnection::connect(&pair.url(pair.primary_port, "postgres")).await.expect("primary");
         sqlx::query("CREATE DATABASE tickets").execute(&mut admin).await.expect("create database");
         if crate::helpers::partitioned_schema() {
@@ -60,7 +84,7 @@ impl Pair {
         // default wal_level (replica) and max_wal_senders do the rest.
         pg_sh(&format!(
             "real=$(pg_prepare_dir {replica}); pg_as_owner \"$PG_BINDIR/pg_basebackup\" -h 127.0.0.1 -p {} -U postgres -D \"$real\" -R -X stream -c fast; pg_start {replica} {}",
-            pair.primary_port, pair.replica_port
+            upstream_port, pair.replica_port
         ));
         // After the copy, or the replica would inherit it and, promoted,
         // wait for a standby of its own at every commit.
@@ -164,6 +188,19 @@ struct FailoverRun {
     stored_at_end: i64,
     saw_503_during_outage: bool,
     ready_after_promotion: Duration,
+    /// Records the service wrote again on the promoted replica.
+    written_again: u64,
+}
+
+/// A counter of the service's `/metrics`, 0 when absent.
+async fn counter(service: &ServiceProcess, name: &str) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", service.address))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines().find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0)
 }
 
 /// Load on the service, the primary killed (`-m immediate`), two seconds
@@ -177,6 +214,12 @@ async fn kill_the_primary_under_load_and_promote(pair: &Pair, ack: AckMode) -> F
     let load = tokio::spawn(run_keyed_load(service.address.clone(), 20, Arc::clone(&stop)));
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(readyz(&service).await, 200, "ready before the failure");
+    if let Some(link) = &pair.standby_link {
+        // The replica stops receiving; what the primary commits from now
+        // on is on the primary alone when it dies.
+        link.stall();
+        tokio::time::sleep(STANDBY_LAG).await;
+    }
 
     pair.kill_primary();
     let killed = Instant::now();
@@ -217,6 +260,7 @@ async fn kill_the_primary_under_load_and_promote(pair: &Pair, ack: AckMode) -> F
     assert!(stored_at_end > stored_at_promotion, "the service wrote to the promoted replica without a restart");
     let mismatches = catalogue_mismatches(&new_primary).await;
     assert!(mismatches.is_empty(), "products.times_seen against the stored lines: {mismatches:?}");
+    let written_again = counter(&service, "ticket_ingest_wal_records_written_again_total").await;
     drop(service);
     FailoverRun {
         accepted: outcome.accepted.len(),
@@ -224,6 +268,7 @@ async fn kill_the_primary_under_load_and_promote(pair: &Pair, ack: AckMode) -> F
         stored_at_end,
         saw_503_during_outage,
         ready_after_promotion,
+        written_again,
     }
 }
 
@@ -250,5 +295,19 @@ async fn with_synchronous_replication_every_ticket_acknowledged_on_commit_surviv
     eprintln!(
         "failover (ack = commit): {} tickets acknowledged, {} stored at the promotion, {} at the end, ready {:?} after the promotion",
         run.accepted, run.stored_at_promotion, run.stored_at_end, run.ready_after_promotion
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_asynchronous_replication_a_standby_behind_loses_no_ticket_acknowledged_from_the_wal() {
+    let pair = Pair::start_lagging().await;
+
+    let run = kill_the_primary_under_load_and_promote(&pair, AckMode::Wal).await;
+
+    assert!(run.saw_503_during_outage, "/readyz answered 503 while no primary was up");
+    assert!(run.written_again > 0, "the records the standby lacked were written again on it");
+    eprintln!(
+        "failover (ack = wal, asynchronous, standby {STANDBY_LAG:?} behind): {} tickets acknowledged, {} stored at the promotion, {} at the end, {} records written again, ready {:?} after the promotion",
+        run.accepted, run.stored_at_promotion, run.stored_at_end, run.written_again, run.ready_after_promotion
     );
 }
