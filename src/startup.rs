@@ -83,10 +83,21 @@ impl Application {
         let refusal = Arc::new(DatabaseRefusal::default());
         if settings.migrate_on_start {
             match store::point_at_primary(&pool, &database).await {
-                Ok(()) => {
-                    store::migrate(&pool).await.context("applying migrations")?;
-                    schema_ready.store(true, Ordering::Release);
-                }
+                Ok(()) => match store::migrate(&pool).await {
+                    Ok(()) => schema_ready.store(true, Ordering::Release),
+                    // A proxy in front of the cluster may still route to a
+                    // standby (HAProxy before its first checks): the
+                    // primary is found again, as after a failover.
+                    Err(sqlx::migrate::MigrateError::Execute(error)) if store::is_read_only(&error) => {
+                        tracing::warn!(message = "database_url leads to a standby at start: serving anyway, migrations and writes are retried until it leads to the primary", %error);
+                        tokio::spawn(migrate_once_reachable(
+                            pool.clone(),
+                            Arc::clone(&schema_ready),
+                            Arc::clone(&refusal),
+                        ));
+                    }
+                    Err(error) => return Err(error).context("applying migrations"),
+                },
                 // Nothing is accepted yet: refusing to start is loudest.
                 Err(error) if store::is_refusal(&error) => {
                     return Err(anyhow::anyhow!(

@@ -153,6 +153,13 @@ pub fn is_unreachable(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Whether `error` is a standby refusing a write (SQLSTATE 25006): a
+/// primary demoted, or a proxy that still routes to a standby; the
+/// primary is found again by reconnecting.
+pub fn is_read_only(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database) if database.code().is_some_and(|code| code == "25006"))
+}
+
 /// The wait before retry number `attempt` (from 1): 50 ms doubling up to
 /// 5 s, with up to 50 % random jitter so that retries do not run in
 /// lockstep.

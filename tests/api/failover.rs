@@ -16,12 +16,13 @@ use ticket_ingest::config::AckMode;
 use uuid::Uuid;
 
 use crate::helpers::{
-    assert_every_acknowledged_ticket_stored_once, free_port, run_keyed_load, temp_dir, DbProxy, ServiceProcess,
+    assert_every_acknowledged_ticket_stored_once, free_port, run_keyed_load, temp_dir, DbProxy, LoadOutcome,
+    ServiceProcess,
 };
 
 /// Runs `script` in bash with scripts/pg.sh's functions loaded; panics
 /// with its output when it fails or outlives two minutes.
-fn pg_sh(script: &str) -> String {
+pub(crate) fn pg_sh(script: &str) -> String {
     let output = Command::new("timeout")
         .args(["120", "bash", "-c", &format!("set -euo pipefail; source scripts/pg.sh; pg_find_binaries; {script}")])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -168,7 +169,7 @@ async fn readyz(service: &ServiceProcess) -> u16 {
 
 /// `times_seen` of every product against a recount of the stored lines:
 /// the products that differ.
-async fn catalogue_mismatches(db: &PgPool) -> Vec<(String, i64, i64)> {
+pub(crate) async fn catalogue_mismatches(db: &PgPool) -> Vec<(String, i64, i64)> {
     sqlx::query_as(
         "SELECT coalesce(p.product_id, l.product_id), coalesce(p.times_seen, 0), coalesce(l.lines, 0)
          FROM products p
@@ -179,6 +180,20 @@ async fn catalogue_mismatches(db: &PgPool) -> Vec<(String, i64, i64)> {
     .fetch_all(db)
     .await
     .expect("catalogue query")
+}
+
+/// Asserts that `idempotency_keys` holds one key per ticket answered
+/// `202` by [`run_keyed_load`] (`order-N`), standing for the id it was
+/// answered with: no ticket stored twice under two keys.
+pub(crate) async fn assert_one_key_per_acknowledged_ticket(db: &PgPool, outcome: &LoadOutcome) {
+    let keys: Vec<(String, uuid::Uuid)> =
+        sqlx::query_as("SELECT key, ticket_id FROM idempotency_keys").fetch_all(db).await.expect("keys");
+    let acknowledged: std::collections::HashMap<String, uuid::Uuid> =
+        outcome.accepted.iter().zip(&outcome.ids).map(|(order, id)| (format!("order-{order}"), *id)).collect();
+    assert_eq!(keys.len(), acknowledged.len(), "one key per acknowledged ticket, none stored twice under two keys");
+    for (key, ticket_id) in keys {
+        assert_eq!(acknowledged.get(&key), Some(&ticket_id), "{key} stands for the id it was answered with");
+    }
 }
 
 /// What one failover run saw.
@@ -247,14 +262,7 @@ async fn kill_the_primary_under_load_and_promote(pair: &Pair, ack: AckMode) -> F
 
     assert!(outcome.unexpected.is_empty(), "unexpected answers: {:?}", outcome.unexpected);
     assert_every_acknowledged_ticket_stored_once(&new_primary, &outcome).await;
-    let keys: Vec<(String, uuid::Uuid)> =
-        sqlx::query_as("SELECT key, ticket_id FROM idempotency_keys").fetch_all(&new_primary).await.expect("keys");
-    let acknowledged: std::collections::HashMap<String, uuid::Uuid> =
-        outcome.accepted.iter().zip(&outcome.ids).map(|(order, id)| (format!("order-{order}"), *id)).collect();
-    assert_eq!(keys.len(), acknowledged.len(), "one key per acknowledged ticket, none stored twice under two keys");
-    for (key, ticket_id) in keys {
-        assert_eq!(acknowledged.get(&key), Some(&ticket_id), "{key} stands for the id it was answered with");
-    }
+    assert_one_key_per_acknowledged_ticket(&new_primary, &outcome).await;
     let stored_at_end: i64 =
         sqlx::query_scalar("SELECT count(*) FROM tickets").fetch_one(&new_primary).await.expect("count");
     assert!(stored_at_end > stored_at_promotion, "the service wrote to the promoted replica without a restart");

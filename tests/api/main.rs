@@ -16,6 +16,7 @@ mod idempotency;
 mod limits;
 mod openapi;
 mod partition;
+mod patroni;
 mod readiness;
 mod reload;
 mod reprocess;

@@ -14,7 +14,8 @@ use crate::helpers::{
     LoadOutcome, ServiceProcess,
 };
 
-struct Haproxy(Child);
+/// An HAProxy process, killed on drop.
+pub(crate) struct Haproxy(Child);
 
 impl Drop for Haproxy {
     fn drop(&mut self) {
@@ -31,17 +32,24 @@ fn start_haproxy(port: u16, instances: &[&str]) -> Haproxy {
         .replace("bind *:9098", &format!("bind 127.0.0.1:{port}"))
         .replace("ticket-ingest-1:9098", instances[0])
         .replace("ticket-ingest-2:9098", instances[1]);
-    let path = temp_dir("haproxy").join("haproxy.cfg");
-    std::fs::write(&path, config).expect("write haproxy.cfg");
-    let child = Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("haproxy is installed (scripts/test.sh installs Debian's haproxy)");
-    Haproxy(child)
+    Haproxy::run(&config)
+}
+
+impl Haproxy {
+    /// HAProxy in the foreground on `config`, written to a file of its own.
+    pub(crate) fn run(config: &str) -> Haproxy {
+        let path = temp_dir("haproxy").join("haproxy.cfg");
+        std::fs::write(&path, config).expect("write haproxy.cfg");
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy is installed (scripts/test.sh installs Debian's haproxy)");
+        Haproxy(child)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
