@@ -18,6 +18,11 @@
 //! - [`store`]     SQL: one statement per table per batch, migrations
 //! - [`partition`] `tickets` and `ticket_lines` partitioned by time with pg_partman: convert, maintain
 //! - [`wal`]       write-ahead log for `ack = wal`: group commit, replay, checkpoints
+//!   - `wal/mod.rs`      the handle: `Wal::append`, what it hands on, a group's answers delivered
+//!   - `wal/record.rs`   a record's frame: `WalRecord`, encode, decode, CRC32C check
+//!   - `wal/segment.rs`  a segment file: name, magic header, zeros written ahead
+//!   - `wal/appender.rs` the appender thread: group commit, rotation, deletion once committed
+//!   - `wal/recovery.rs` segments read back at start, torn tails truncated
 //! - [`standby`]   records kept in the log until the standbys flushed their commit; rewrite on a new primary
 //! - [`metrics`]   Prometheus metrics, OpenMetrics text
 //! - [`live`]      the numbers of the moment (budgets, queue, WAL), for `/metrics` and the desk
