@@ -20,7 +20,8 @@
 //!   - `columns.rs` a batch as UNNEST arrays; products and history merged, sorted
 //!   - `keys.rs`    idempotency keys: claimed when written, looked up, expired
 //!   - `connect.rs` the host list tried in order; a pool that follows the primary
-//!   - `failure.rs` transient or data, refusals, the unreachable; the backoff
+//!   - `failure.rs` transient or data, refusals, the unreachable
+//!   - `retry.rs`   the backoff, and one retry loop (migrations, `reprocess`)
 //! - [`partition`] `tickets` and `ticket_lines` partitioned by time with pg_partman: convert, maintain
 //! - [`wal`]       write-ahead log for `ack = wal`: group commit, replay, checkpoints
 //! - [`standby`]   records kept in the log until the standbys flushed their commit; rewrite on a new primary

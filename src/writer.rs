@@ -65,7 +65,7 @@ use crate::database_url::DatabaseUrl;
 use crate::job::{Job, Stored};
 use crate::metrics::{KindLabels, Metrics, WriterLabels};
 use crate::standby::StandbyGate;
-use crate::store::{self, DatabaseRefusal, Failure, Written};
+use crate::store::{self, Backoff, DatabaseRefusal, Failure, Written};
 use crate::ticket::{NewTicket, Problem, Status};
 use crate::wal::{Wal, WalError, WalRecord};
 
@@ -223,6 +223,17 @@ enum WriteError {
     GraceOver,
 }
 
+/// What one attempt of [`Writer::write_retrying`] came to.
+enum Attempt {
+    /// Committed, refused for its data, or given up.
+    Ended(Result<Written, Ended>),
+    /// Try again at once.
+    Again,
+    /// A transient failure: try again after the backoff. `bounded`: the
+    /// wait ends with the shutdown's grace period.
+    Failed { error: sqlx::Error, bounded: bool },
+}
+
 /// How a write that did not commit ended.
 enum Ended {
     Data(sqlx::Error),
@@ -324,35 +335,54 @@ impl Writer {
     ///   WAL once the grace period is over, and given up only if that
     ///   succeeded: the next start writes them. If the WAL fails too, the
     ///   database is retried for as long as it takes.
+    ///
+    /// One loop around one step ([`Writer::attempt`]), with the same
+    /// [`Backoff`] as every retried operation, but not [`store::retry`]:
+    /// whether to try again is decided by the shutdown at every attempt,
+    /// the wait is cut short by a connection that opens or by the end of
+    /// the grace period, and a refusal is logged at ERROR.
     fn write_retrying(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool) -> Result<Written, Ended> {
-        let mut attempt: u32 = 0;
+        let mut backoff = Backoff::new();
         loop {
-            let grace_over = self.admission.closed_for().is_some_and(|closed_for| closed_for >= self.grace);
-            if grace_over && !may_be_abandoned {
-                match self.log_for_next_start(tickets) {
-                    Ok(()) => return Err(Ended::Abandoned("grace period over, kept in the WAL".to_string())),
-                    Err(error) => {
-                        tracing::error!(message = "shutting down: tickets held in memory could not be written to the WAL either; retrying the database", tickets = tickets.len(), %error)
-                    }
+            match self.attempt(tickets, may_be_abandoned) {
+                Attempt::Ended(ended) => return ended,
+                Attempt::Again => {}
+                Attempt::Failed { error, bounded } => {
+                    let delay = backoff.next_delay();
+                    self.wait_before_retry(backoff.attempt(), delay, &error, bounded);
                 }
             }
-            // Memory tickets the WAL could not take are retried unbounded.
-            let bounded = may_be_abandoned || !grace_over;
-            match self.try_write(tickets, bounded) {
-                Ok(written) => return Ok(written),
-                Err(WriteError::Data(error)) => return Err(Ended::Data(error)),
-                Err(WriteError::GraceOver) if may_be_abandoned => {
-                    return Err(Ended::Abandoned("grace period over".to_string()))
+        }
+    }
+
+    /// One attempt of [`Writer::write_retrying`], under the shutdown's
+    /// rules.
+    fn attempt(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool) -> Attempt {
+        let grace_over = self.admission.closed_for().is_some_and(|closed_for| closed_for >= self.grace);
+        if grace_over && !may_be_abandoned {
+            match self.log_for_next_start(tickets) {
+                Ok(()) => {
+                    return Attempt::Ended(Err(Ended::Abandoned("grace period over, kept in the WAL".to_string())))
                 }
-                Err(WriteError::GraceOver) => {}
-                Err(WriteError::Transient(error)) if may_be_abandoned && self.admission.is_closed() => {
-                    return Err(Ended::Abandoned(error.to_string()));
-                }
-                Err(WriteError::Transient(error)) => {
-                    attempt = attempt.saturating_add(1);
-                    self.wait_before_retry(attempt, &error, bounded);
+                Err(error) => {
+                    tracing::error!(message = "shutting down: tickets held in memory could not be written to the WAL either; retrying the database", tickets = tickets.len(), %error)
                 }
             }
+        }
+        // Memory tickets the WAL could not take are retried unbounded.
+        let bounded = may_be_abandoned || !grace_over;
+        match self.try_write(tickets, bounded) {
+            Ok(written) => Attempt::Ended(Ok(written)),
+            Err(WriteError::Data(error)) => Attempt::Ended(Err(Ended::Data(error))),
+            Err(WriteError::GraceOver) if may_be_abandoned => {
+                Attempt::Ended(Err(Ended::Abandoned("grace period over".to_string())))
+            }
+            // Memory tickets: the next attempt goes to the WAL.
+            Err(WriteError::GraceOver) => Attempt::Again,
+            Err(WriteError::Transient(error)) if may_be_abandoned && self.admission.is_closed() => {
+                Attempt::Ended(Err(Ended::Abandoned(error.to_string())))
+            }
+            Err(WriteError::Transient(error)) => Attempt::Failed { error, bounded },
         }
     }
 
@@ -474,14 +504,13 @@ impl Writer {
         })
     }
 
-    /// Backs off before the next attempt; `bounded`: not past the shutdown's
-    /// grace period.
-    fn wait_before_retry(&mut self, attempt: u32, error: &sqlx::Error, bounded: bool) {
+    /// Backs off for `delay` before retry number `attempt`; `bounded`: not
+    /// past the shutdown's grace period.
+    fn wait_before_retry(&mut self, attempt: u32, delay: Duration, error: &sqlx::Error, bounded: bool) {
         self.metrics.retries.inc();
         self.metrics.db_errors.get_or_create(&KindLabels { kind: "transient" }).inc();
         // The connection may be broken or mid-transaction: start afresh.
         self.connection = None;
-        let delay = store::backoff(attempt);
         if store::is_refusal(error) {
             tracing::error!(message = "the database refuses this service: fix database_url or the database; retrying meanwhile, /healthz is 503", writer = self.number, attempt, delay_ms = delay.as_millis() as u64, %error);
         } else {

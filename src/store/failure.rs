@@ -1,13 +1,8 @@
 //! What a failed statement says about what to do next: retry it as is,
 //! give the data up, or tell an operator (the database refuses this
-//! service for good); and how long to wait before retrying.
+//! service for good). How long to wait before retrying: `retry.rs`.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
-
-const BACKOFF_FIRST: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// What a failed statement says about what to do next. One
 /// classification for every writer of tickets (the batch writers and
@@ -100,26 +95,4 @@ pub fn is_unreachable(error: &sqlx::Error) -> bool {
 /// primary is found again by reconnecting.
 pub fn is_read_only(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(database) if database.code().is_some_and(|code| code == "25006"))
-}
-
-/// The wait before retry number `attempt` (from 1): 50 ms doubling up to
-/// 5 s, with up to 50 % random jitter so that retries do not run in
-/// lockstep.
-pub fn backoff(attempt: u32) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(16);
-    let base = BACKOFF_FIRST.saturating_mul(1 << exponent).min(BACKOFF_MAX);
-    let jitter_fraction = (RandomState::new().hash_one(attempt) % 500) as u32;
-    base + base * jitter_fraction / 1000
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_then_stays_capped() {
-        assert!(backoff(1) >= BACKOFF_FIRST && backoff(1) < BACKOFF_FIRST * 2);
-        assert!(backoff(3) >= BACKOFF_FIRST * 4);
-        assert!(backoff(40) >= BACKOFF_MAX && backoff(40) <= BACKOFF_MAX * 3 / 2);
-    }
 }

@@ -15,13 +15,16 @@
 //! - `connect.rs`: connections over `database_url`'s host list, a pool
 //!   that follows the primary;
 //! - `failure.rs`: what a failed statement says (retry, data at fault,
-//!   refused for good) and the backoff between retries.
+//!   refused for good);
+//! - `retry.rs`: the backoff between retries, and the retry loop of the
+//!   migrations and `reprocess`.
 
 mod batch;
 mod columns;
 mod connect;
 mod failure;
 mod keys;
+mod retry;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -35,10 +38,9 @@ pub use columns::{
     add_sighting, history_name, merge_history, HistoryKey, HistoryMerge, HistorySeen, HISTORY_NAME_MAX_CHARS,
 };
 pub use connect::{connect, lazy_pool, point_at_primary, PrimaryFollower, CONNECT_TIMEOUT};
-pub use failure::{
-    backoff, classify, is_read_only, is_refusal, is_unreachable, DatabaseRefusal, Failure, REFUSAL_STANDS_FOR,
-};
+pub use failure::{classify, is_read_only, is_refusal, is_unreachable, DatabaseRefusal, Failure, REFUSAL_STANDS_FOR};
 pub use keys::{expire_keys, stored_keys, StoredKey, STORED_KEYS_SQL};
+pub use retry::{retry, Backoff, Retries};
 
 use crate::database_url::DatabaseUrl;
 
