@@ -81,12 +81,24 @@ struct Unwritten {
 }
 
 impl Unwritten {
-    fn outcome(&self, id: &Uuid) -> Stored {
-        self.tickets.get(id).copied().unwrap_or(Stored::Committed)
+    /// Every ticket was committed.
+    fn none() -> Unwritten {
+        Unwritten::default()
     }
 
-    fn add(&mut self, tickets: &[&NewTicket], why: Stored) {
-        self.tickets.extend(tickets.iter().map(|ticket| (ticket.id, why)));
+    /// `tickets` were not committed, for this reason.
+    fn all(tickets: &[&NewTicket], why: Stored) -> Unwritten {
+        Unwritten { tickets: tickets.iter().map(|ticket| (ticket.id, why)).collect() }
+    }
+
+    /// What neither of two parts of a batch could write.
+    fn and(mut self, other: Unwritten) -> Unwritten {
+        self.tickets.extend(other.tickets);
+        self
+    }
+
+    fn outcome(&self, id: &Uuid) -> Stored {
+        self.tickets.get(id).copied().unwrap_or(Stored::Committed)
     }
 }
 
@@ -306,23 +318,25 @@ impl Writer {
         let started = Instant::now();
         let tickets: Vec<&NewTicket> = batch.iter().map(|job| &job.ticket).collect();
         let may_be_abandoned = batch.iter().all(Job::may_be_abandoned);
-        let mut unwritten = Unwritten::default();
-        self.write_until_stored(&tickets, may_be_abandoned, &mut unwritten);
+        let unwritten = self.write_until_stored(&tickets, may_be_abandoned);
         self.metrics.batch_size.observe(batch.len() as f64);
         self.metrics.batches.get_or_create(&WriterLabels { writer: self.number }).inc();
         self.metrics.flush_duration_seconds.observe(started.elapsed().as_secs_f64());
         unwritten
     }
 
-    /// Writes `tickets`, bisecting data errors; adds what it could not
-    /// write to `unwritten`.
-    fn write_until_stored(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool, unwritten: &mut Unwritten) {
+    /// Writes `tickets`, bisecting data errors; returns what it could not
+    /// write.
+    fn write_until_stored(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool) -> Unwritten {
         match self.write_retrying(tickets, may_be_abandoned) {
-            Ok(written) => self.count_written(written),
-            Err(Ended::Abandoned(reason)) => self.abandon(tickets, &reason, unwritten),
+            Ok(written) => {
+                self.count_written(written);
+                Unwritten::none()
+            }
+            Err(Ended::Abandoned(reason)) => self.abandon(tickets, &reason),
             Err(Ended::Data(error)) => {
                 self.metrics.db_errors.get_or_create(&KindLabels { kind: "data" }).inc();
-                self.bisect(tickets, may_be_abandoned, &error, unwritten);
+                self.bisect(tickets, may_be_abandoned, &error)
             }
         }
     }
@@ -407,36 +421,28 @@ impl Writer {
 
     /// Gives tickets up at shutdown: those in the WAL stay there for the
     /// next start, the waiting `ack = commit` requests get `503`.
-    fn abandon(&self, tickets: &[&NewTicket], reason: &str, unwritten: &mut Unwritten) {
+    fn abandon(&self, tickets: &[&NewTicket], reason: &str) -> Unwritten {
         tracing::warn!(message = "database unavailable at shutdown, tickets not written: those in the WAL are written at the next start, waiting requests are refused", tickets = tickets.len(), error = reason);
-        unwritten.add(tickets, Stored::Abandoned);
+        Unwritten::all(tickets, Stored::Abandoned)
     }
 
-    fn bisect(
-        &mut self,
-        tickets: &[&NewTicket],
-        may_be_abandoned: bool,
-        error: &sqlx::Error,
-        unwritten: &mut Unwritten,
-    ) {
+    /// Writes the halves of `tickets` apart, down to the ticket at fault;
+    /// returns what they could not write.
+    fn bisect(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool, error: &sqlx::Error) -> Unwritten {
         if let [poison] = tickets {
-            return self.store_poison(poison, may_be_abandoned, error, unwritten);
+            return self.store_poison(poison, may_be_abandoned, error);
         }
         let (left, right) = tickets.split_at(tickets.len() / 2);
         tracing::warn!(message = "batch refused for its data, splitting it", writer = self.number, tickets = tickets.len(), %error);
-        self.write_until_stored(left, may_be_abandoned, unwritten);
-        self.write_until_stored(right, may_be_abandoned, unwritten);
+        let left_unwritten = self.write_until_stored(left, may_be_abandoned);
+        let right_unwritten = self.write_until_stored(right, may_be_abandoned);
+        left_unwritten.and(right_unwritten)
     }
 
     /// Stores a ticket the database refused as `invalid`, with its raw body
-    /// and the database's message, and without lines.
-    fn store_poison(
-        &mut self,
-        ticket: &NewTicket,
-        may_be_abandoned: bool,
-        cause: &sqlx::Error,
-        unwritten: &mut Unwritten,
-    ) {
+    /// and the database's message, and without lines; returns it if that
+    /// failed too.
+    fn store_poison(&mut self, ticket: &NewTicket, may_be_abandoned: bool, cause: &sqlx::Error) -> Unwritten {
         self.metrics.poison_tickets.inc();
         tracing::warn!(message = "ticket refused by the database, stored as invalid", id = %ticket.id, error = %cause);
         // Keep only what cannot be at fault: ids, time, key, raw bytes.
@@ -452,14 +458,17 @@ impl Writer {
             message: format!("PostgreSQL refused the ticket: {cause}"),
         });
         match self.write_retrying(&[&poison], may_be_abandoned) {
-            Ok(written) => self.count_written(written),
-            Err(Ended::Abandoned(reason)) => self.abandon(&[ticket], &reason, unwritten),
+            Ok(written) => {
+                self.count_written(written);
+                Unwritten::none()
+            }
+            Err(Ended::Abandoned(reason)) => self.abandon(&[ticket], &reason),
             Err(Ended::Data(error)) => {
                 // Only the raw body and fixed columns are left: this is a
                 // schema problem, not the ticket's. Keep it loud.
                 self.metrics.db_errors.get_or_create(&KindLabels { kind: "unstorable" }).inc();
                 tracing::error!(message = "ticket could not be stored even as invalid: kept in the WAL if it is there, refused if its request waits", id = %ticket.id, %error);
-                unwritten.add(&[ticket], Stored::Refused);
+                Unwritten::all(&[ticket], Stored::Refused)
             }
         }
     }
