@@ -15,7 +15,13 @@
 //! - [`admission`] in-flight budget: a permit per ticket until it is committed
 //! - [`job`]       a ticket in flight: accepted, not yet committed, and its outcome
 //! - [`writer`]    batch writer threads: collect → flush (retry / bisect) → report
-//! - [`store`]     SQL: one statement per table per batch, migrations
+//! - [`store`]     SQL: one statement per table per batch, migrations; in `src/store/`:
+//!   - `batch.rs`   the batch statements: fast path, careful path (`write_batch`)
+//!   - `columns.rs` a batch as UNNEST arrays; products and history merged, sorted
+//!   - `keys.rs`    idempotency keys: claimed when written, looked up, expired
+//!   - `connect.rs` the host list tried in order; a pool that follows the primary
+//!   - `failure.rs` transient or data, refusals, the unreachable
+//!   - `retry.rs`   the backoff, and one retry loop (migrations, `reprocess`)
 //! - [`partition`] `tickets` and `ticket_lines` partitioned by time with pg_partman: convert, maintain
 //! - [`wal`]       write-ahead log for `ack = wal`: group commit, replay, checkpoints
 //!   - `wal/mod.rs`      the handle: `Wal::append`, what it hands on, a group's answers delivered

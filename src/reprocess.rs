@@ -46,7 +46,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::database_url::DatabaseUrl;
-use crate::store::{self, Failure, HistoryKey, HistoryMerge};
+use crate::store::{self, Backoff, Failure, HistoryKey, HistoryMerge, Retries};
 use crate::ticket::{NewTicket, ParsedTicket};
 
 /// Attempts after a transient failure before the run stops with the error.
@@ -301,27 +301,26 @@ fn differs(stored: &StoredTicket, parsed: &ParsedTicket) -> bool {
     !same
 }
 
+/// Writes `changed` ([`write_changes`]), retrying a transient failure up
+/// to [`MAX_RETRIES`] times, each retry on a new connection when one opens.
 async fn write_with_retry(
     connection: &mut PgConnection,
     database: &DatabaseUrl,
     changed: &[NewTicket],
 ) -> anyhow::Result<u64> {
-    let mut attempt = 0;
-    loop {
-        match write_changes(connection, changed).await {
-            Ok(lines) => return Ok(lines),
-            Err(error) if attempt < MAX_RETRIES && store::classify(&error) == Failure::Transient => {
-                attempt += 1;
-                let delay = store::backoff(attempt);
-                tracing::warn!(message = "reprocess batch failed, retrying", attempt, delay_ms = delay.as_millis() as u64, %error);
-                tokio::time::sleep(delay).await;
+    let is_transient = |error: &sqlx::Error| store::classify(error) == Failure::Transient;
+    let retries = Retries::AtMost(MAX_RETRIES);
+    let written =
+        store::retry("reprocess batch failed, retrying", retries, is_transient, Backoff::new(), async |failed| {
+            if failed > 0 {
                 if let Ok(fresh) = store::connect(database).await {
                     *connection = fresh;
                 }
             }
-            Err(error) => return Err(error).context("writing a reprocessed batch"),
-        }
-    }
+            write_changes(connection, changed).await
+        })
+        .await;
+    written.context("writing a reprocessed batch")
 }
 
 /// One transaction: [`apply_changes`], committed.

@@ -377,26 +377,35 @@ async fn expire_idempotency_keys(state: Arc<AppState>) {
     }
 }
 
-/// Applies the migrations once the database answers, retrying with backoff.
+/// Applies the migrations once the database answers, retrying with backoff
+/// for as long as it takes; `Application::build` made the first attempt.
 async fn migrate_once_reachable(pool: sqlx::PgPool, schema_ready: Arc<AtomicBool>, refusal: Arc<DatabaseRefusal>) {
-    let mut attempt: u32 = 0;
-    loop {
-        attempt = attempt.saturating_add(1);
-        tokio::time::sleep(store::backoff(attempt)).await;
-        let outcome = store::migrate(&pool).await;
-        match &outcome {
-            Ok(()) => refusal.observe(Ok(())),
-            Err(sqlx::migrate::MigrateError::Execute(error)) => refusal.observe(Err(error)),
-            Err(_) => {}
-        }
-        match outcome {
-            Ok(()) => {
-                tracing::info!(message = "database reachable, migrations applied", attempts = attempt);
-                schema_ready.store(true, Ordering::Release);
-                return;
+    let mut backoff = store::Backoff::new();
+    tokio::time::sleep(backoff.next_delay()).await;
+    let migrated = store::retry(
+        "migrations not applied yet, retrying",
+        store::Retries::Unbounded,
+        |_| true,
+        backoff,
+        async move |failed| {
+            let outcome = store::migrate(&pool).await;
+            match &outcome {
+                Ok(()) => refusal.observe(Ok(())),
+                Err(sqlx::migrate::MigrateError::Execute(error)) => refusal.observe(Err(error)),
+                Err(_) => {}
             }
-            Err(error) => tracing::warn!(message = "migrations not applied yet, retrying", attempt, %error),
+            // The attempts made here, this one included.
+            outcome.map(|()| failed)
+        },
+    )
+    .await;
+    match migrated {
+        Ok(attempts) => {
+            tracing::info!(message = "database reachable, migrations applied", attempts);
+            schema_ready.store(true, Ordering::Release);
         }
+        // Every failure is retried: not reached.
+        Err(error) => tracing::error!(message = "migrations not applied", %error),
     }
 }
 

@@ -65,7 +65,7 @@ use crate::database_url::DatabaseUrl;
 use crate::job::{Job, Stored};
 use crate::metrics::{KindLabels, Metrics, WriterLabels};
 use crate::standby::StandbyGate;
-use crate::store::{self, DatabaseRefusal, Failure, Written};
+use crate::store::{self, Backoff, DatabaseRefusal, Failure, Written};
 use crate::ticket::{NewTicket, Problem, Status};
 use crate::wal::{Wal, WalError, WalRecord};
 
@@ -81,12 +81,24 @@ struct Unwritten {
 }
 
 impl Unwritten {
-    fn outcome(&self, id: &Uuid) -> Stored {
-        self.tickets.get(id).copied().unwrap_or(Stored::Committed)
+    /// Every ticket was committed.
+    fn none() -> Unwritten {
+        Unwritten::default()
     }
 
-    fn add(&mut self, tickets: &[&NewTicket], why: Stored) {
-        self.tickets.extend(tickets.iter().map(|ticket| (ticket.id, why)));
+    /// `tickets` were not committed, for this reason.
+    fn all(tickets: &[&NewTicket], why: Stored) -> Unwritten {
+        Unwritten { tickets: tickets.iter().map(|ticket| (ticket.id, why)).collect() }
+    }
+
+    /// What neither of two parts of a batch could write.
+    fn and(mut self, other: Unwritten) -> Unwritten {
+        self.tickets.extend(other.tickets);
+        self
+    }
+
+    fn outcome(&self, id: &Uuid) -> Stored {
+        self.tickets.get(id).copied().unwrap_or(Stored::Committed)
     }
 }
 
@@ -223,6 +235,17 @@ enum WriteError {
     GraceOver,
 }
 
+/// What one attempt of [`Writer::write_retrying`] came to.
+enum Attempt {
+    /// Committed, refused for its data, or given up.
+    Ended(Result<Written, Ended>),
+    /// Try again at once.
+    Again,
+    /// A transient failure: try again after the backoff. `bounded`: the
+    /// wait ends with the shutdown's grace period.
+    Failed { error: sqlx::Error, bounded: bool },
+}
+
 /// How a write that did not commit ended.
 enum Ended {
     Data(sqlx::Error),
@@ -295,23 +318,25 @@ impl Writer {
         let started = Instant::now();
         let tickets: Vec<&NewTicket> = batch.iter().map(|job| &job.ticket).collect();
         let may_be_abandoned = batch.iter().all(Job::may_be_abandoned);
-        let mut unwritten = Unwritten::default();
-        self.write_until_stored(&tickets, may_be_abandoned, &mut unwritten);
+        let unwritten = self.write_until_stored(&tickets, may_be_abandoned);
         self.metrics.batch_size.observe(batch.len() as f64);
         self.metrics.batches.get_or_create(&WriterLabels { writer: self.number }).inc();
         self.metrics.flush_duration_seconds.observe(started.elapsed().as_secs_f64());
         unwritten
     }
 
-    /// Writes `tickets`, bisecting data errors; adds what it could not
-    /// write to `unwritten`.
-    fn write_until_stored(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool, unwritten: &mut Unwritten) {
+    /// Writes `tickets`, bisecting data errors; returns what it could not
+    /// write.
+    fn write_until_stored(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool) -> Unwritten {
         match self.write_retrying(tickets, may_be_abandoned) {
-            Ok(written) => self.count_written(written),
-            Err(Ended::Abandoned(reason)) => self.abandon(tickets, &reason, unwritten),
+            Ok(written) => {
+                self.count_written(written);
+                Unwritten::none()
+            }
+            Err(Ended::Abandoned(reason)) => self.abandon(tickets, &reason),
             Err(Ended::Data(error)) => {
                 self.metrics.db_errors.get_or_create(&KindLabels { kind: "data" }).inc();
-                self.bisect(tickets, may_be_abandoned, &error, unwritten);
+                self.bisect(tickets, may_be_abandoned, &error)
             }
         }
     }
@@ -324,35 +349,54 @@ impl Writer {
     ///   WAL once the grace period is over, and given up only if that
     ///   succeeded: the next start writes them. If the WAL fails too, the
     ///   database is retried for as long as it takes.
+    ///
+    /// One loop around one step ([`Writer::attempt`]), with the same
+    /// [`Backoff`] as every retried operation, but not [`store::retry`]:
+    /// whether to try again is decided by the shutdown at every attempt,
+    /// the wait is cut short by a connection that opens or by the end of
+    /// the grace period, and a refusal is logged at ERROR.
     fn write_retrying(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool) -> Result<Written, Ended> {
-        let mut attempt: u32 = 0;
+        let mut backoff = Backoff::new();
         loop {
-            let grace_over = self.admission.closed_for().is_some_and(|closed_for| closed_for >= self.grace);
-            if grace_over && !may_be_abandoned {
-                match self.log_for_next_start(tickets) {
-                    Ok(()) => return Err(Ended::Abandoned("grace period over, kept in the WAL".to_string())),
-                    Err(error) => {
-                        tracing::error!(message = "shutting down: tickets held in memory could not be written to the WAL either; retrying the database", tickets = tickets.len(), %error)
-                    }
+            match self.attempt(tickets, may_be_abandoned) {
+                Attempt::Ended(ended) => return ended,
+                Attempt::Again => {}
+                Attempt::Failed { error, bounded } => {
+                    let delay = backoff.next_delay();
+                    self.wait_before_retry(backoff.attempt(), delay, &error, bounded);
                 }
             }
-            // Memory tickets the WAL could not take are retried unbounded.
-            let bounded = may_be_abandoned || !grace_over;
-            match self.try_write(tickets, bounded) {
-                Ok(written) => return Ok(written),
-                Err(WriteError::Data(error)) => return Err(Ended::Data(error)),
-                Err(WriteError::GraceOver) if may_be_abandoned => {
-                    return Err(Ended::Abandoned("grace period over".to_string()))
+        }
+    }
+
+    /// One attempt of [`Writer::write_retrying`], under the shutdown's
+    /// rules.
+    fn attempt(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool) -> Attempt {
+        let grace_over = self.admission.closed_for().is_some_and(|closed_for| closed_for >= self.grace);
+        if grace_over && !may_be_abandoned {
+            match self.log_for_next_start(tickets) {
+                Ok(()) => {
+                    return Attempt::Ended(Err(Ended::Abandoned("grace period over, kept in the WAL".to_string())))
                 }
-                Err(WriteError::GraceOver) => {}
-                Err(WriteError::Transient(error)) if may_be_abandoned && self.admission.is_closed() => {
-                    return Err(Ended::Abandoned(error.to_string()));
-                }
-                Err(WriteError::Transient(error)) => {
-                    attempt = attempt.saturating_add(1);
-                    self.wait_before_retry(attempt, &error, bounded);
+                Err(error) => {
+                    tracing::error!(message = "shutting down: tickets held in memory could not be written to the WAL either; retrying the database", tickets = tickets.len(), %error)
                 }
             }
+        }
+        // Memory tickets the WAL could not take are retried unbounded.
+        let bounded = may_be_abandoned || !grace_over;
+        match self.try_write(tickets, bounded) {
+            Ok(written) => Attempt::Ended(Ok(written)),
+            Err(WriteError::Data(error)) => Attempt::Ended(Err(Ended::Data(error))),
+            Err(WriteError::GraceOver) if may_be_abandoned => {
+                Attempt::Ended(Err(Ended::Abandoned("grace period over".to_string())))
+            }
+            // Memory tickets: the next attempt goes to the WAL.
+            Err(WriteError::GraceOver) => Attempt::Again,
+            Err(WriteError::Transient(error)) if may_be_abandoned && self.admission.is_closed() => {
+                Attempt::Ended(Err(Ended::Abandoned(error.to_string())))
+            }
+            Err(WriteError::Transient(error)) => Attempt::Failed { error, bounded },
         }
     }
 
@@ -377,36 +421,28 @@ impl Writer {
 
     /// Gives tickets up at shutdown: those in the WAL stay there for the
     /// next start, the waiting `ack = commit` requests get `503`.
-    fn abandon(&self, tickets: &[&NewTicket], reason: &str, unwritten: &mut Unwritten) {
+    fn abandon(&self, tickets: &[&NewTicket], reason: &str) -> Unwritten {
         tracing::warn!(message = "database unavailable at shutdown, tickets not written: those in the WAL are written at the next start, waiting requests are refused", tickets = tickets.len(), error = reason);
-        unwritten.add(tickets, Stored::Abandoned);
+        Unwritten::all(tickets, Stored::Abandoned)
     }
 
-    fn bisect(
-        &mut self,
-        tickets: &[&NewTicket],
-        may_be_abandoned: bool,
-        error: &sqlx::Error,
-        unwritten: &mut Unwritten,
-    ) {
+    /// Writes the halves of `tickets` apart, down to the ticket at fault;
+    /// returns what they could not write.
+    fn bisect(&mut self, tickets: &[&NewTicket], may_be_abandoned: bool, error: &sqlx::Error) -> Unwritten {
         if let [poison] = tickets {
-            return self.store_poison(poison, may_be_abandoned, error, unwritten);
+            return self.store_poison(poison, may_be_abandoned, error);
         }
         let (left, right) = tickets.split_at(tickets.len() / 2);
         tracing::warn!(message = "batch refused for its data, splitting it", writer = self.number, tickets = tickets.len(), %error);
-        self.write_until_stored(left, may_be_abandoned, unwritten);
-        self.write_until_stored(right, may_be_abandoned, unwritten);
+        let left_unwritten = self.write_until_stored(left, may_be_abandoned);
+        let right_unwritten = self.write_until_stored(right, may_be_abandoned);
+        left_unwritten.and(right_unwritten)
     }
 
     /// Stores a ticket the database refused as `invalid`, with its raw body
-    /// and the database's message, and without lines.
-    fn store_poison(
-        &mut self,
-        ticket: &NewTicket,
-        may_be_abandoned: bool,
-        cause: &sqlx::Error,
-        unwritten: &mut Unwritten,
-    ) {
+    /// and the database's message, and without lines; returns it if that
+    /// failed too.
+    fn store_poison(&mut self, ticket: &NewTicket, may_be_abandoned: bool, cause: &sqlx::Error) -> Unwritten {
         self.metrics.poison_tickets.inc();
         tracing::warn!(message = "ticket refused by the database, stored as invalid", id = %ticket.id, error = %cause);
         // Keep only what cannot be at fault: ids, time, key, raw bytes.
@@ -422,14 +458,17 @@ impl Writer {
             message: format!("PostgreSQL refused the ticket: {cause}"),
         });
         match self.write_retrying(&[&poison], may_be_abandoned) {
-            Ok(written) => self.count_written(written),
-            Err(Ended::Abandoned(reason)) => self.abandon(&[ticket], &reason, unwritten),
+            Ok(written) => {
+                self.count_written(written);
+                Unwritten::none()
+            }
+            Err(Ended::Abandoned(reason)) => self.abandon(&[ticket], &reason),
             Err(Ended::Data(error)) => {
                 // Only the raw body and fixed columns are left: this is a
                 // schema problem, not the ticket's. Keep it loud.
                 self.metrics.db_errors.get_or_create(&KindLabels { kind: "unstorable" }).inc();
                 tracing::error!(message = "ticket could not be stored even as invalid: kept in the WAL if it is there, refused if its request waits", id = %ticket.id, %error);
-                unwritten.add(&[ticket], Stored::Refused);
+                Unwritten::all(&[ticket], Stored::Refused)
             }
         }
     }
@@ -474,14 +513,13 @@ impl Writer {
         })
     }
 
-    /// Backs off before the next attempt; `bounded`: not past the shutdown's
-    /// grace period.
-    fn wait_before_retry(&mut self, attempt: u32, error: &sqlx::Error, bounded: bool) {
+    /// Backs off for `delay` before retry number `attempt`; `bounded`: not
+    /// past the shutdown's grace period.
+    fn wait_before_retry(&mut self, attempt: u32, delay: Duration, error: &sqlx::Error, bounded: bool) {
         self.metrics.retries.inc();
         self.metrics.db_errors.get_or_create(&KindLabels { kind: "transient" }).inc();
         // The connection may be broken or mid-transaction: start afresh.
         self.connection = None;
-        let delay = store::backoff(attempt);
         if store::is_refusal(error) {
             tracing::error!(message = "the database refuses this service: fix database_url or the database; retrying meanwhile, /healthz is 503", writer = self.number, attempt, delay_ms = delay.as_millis() as u64, %error);
         } else {
