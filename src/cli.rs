@@ -7,8 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use figment::providers::Serialized;
 use serde::Serialize;
 use ticket_ingest::config::{ConfigError, Settings};
-use ticket_ingest::console::{self, Console};
-use ticket_ingest::database_url;
+use ticket_ingest::console::Console;
 use ticket_ingest::reload::{self, Reloader};
 use ticket_ingest::startup::Application;
 use ticket_ingest::{partition, reprocess, signal, store, telemetry};
@@ -158,7 +157,7 @@ impl Cli {
 impl Command {
     fn run(self, settings: Settings, loader: reload::Loader) -> anyhow::Result<()> {
         if let Command::CheckConfig = &self {
-            print!("{}", toml_of(&settings)?);
+            print!("{}", settings.to_toml_hiding_secrets()?);
             return Ok(());
         }
         let set_log_level = telemetry::init(settings.log_format, &settings.log_level);
@@ -170,7 +169,7 @@ impl Command {
         runtime.block_on(async move {
             match self {
                 Command::Migrate(args) => {
-                    store::migrate_database(&settings.database()?).await?;
+                    store::migrate_database(settings.database()?).await?;
                     if args.partitioned {
                         partition(&settings, partition::Pace { batch_size: 1000, max_batches: None }).await?;
                     }
@@ -195,7 +194,7 @@ impl Command {
 
 async fn partition(settings: &Settings, pace: partition::Pace) -> anyhow::Result<()> {
     let layout = settings.partition_layout();
-    let progress = partition::run(&settings.database()?, &layout, pace).await?;
+    let progress = partition::run(settings.database()?, &layout, pace).await?;
     if progress.finished {
         println!(
             "tickets and ticket_lines are partitioned ({}); {} tickets and {} lines moved",
@@ -220,7 +219,7 @@ async fn reprocess(settings: &Settings, args: ReprocessArgs) -> anyhow::Result<(
         batch_size: args.batch_size,
         dry_run: args.dry_run,
     };
-    let summary = reprocess::run(&settings.database()?, &settings.read_database()?, &options).await?;
+    let summary = reprocess::run(settings.database()?, settings.read_database()?, &options).await?;
     if options.dry_run {
         println!("dry run, nothing written");
     }
@@ -228,13 +227,50 @@ async fn reprocess(settings: &Settings, args: ReprocessArgs) -> anyhow::Result<(
     Ok(())
 }
 
-/// The effective configuration, secrets hidden.
-fn toml_of(settings: &Settings) -> anyhow::Result<String> {
-    let mut shown = settings.clone();
-    shown.database_url = shown.database_url.as_deref().map(database_url::hide_password);
-    shown.signing_secrets = shown.signing_secrets.iter().map(|_| "***".to_string()).collect();
-    shown.admin_tokens = console::auth::Tokens::parse(&settings.admin_tokens)
-        .map(|tokens| tokens.names().map(|name| format!("{name}:***")).collect())
-        .unwrap_or_default();
-    Ok(toml::to_string(&shown)?)
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use ticket_ingest::database_url::DatabaseUrl;
+
+    use super::*;
+
+    const DATABASE_URL: &str = "postgres://localhost/tickets";
+
+    /// Each flag of [`Overrides`] is a key of the configuration, spelled
+    /// as the key with dashes, and sets it: every flag given its key's
+    /// default value loads the defaults.
+    #[test]
+    fn every_flag_is_a_key_and_sets_it() {
+        let defaults = ticket_ingest::config::defaults_by_key();
+        let command = Cli::command();
+        let flags: Vec<String> = command
+            .get_arguments()
+            .filter(|argument| argument.get_id() != "config")
+            .map(|argument| argument.get_id().to_string())
+            .collect();
+        assert!(flags.len() >= 10, "{flags:?}");
+        let mut arguments = vec!["ticket-ingest".to_string()];
+        for flag in &flags {
+            let default = defaults.get(flag).unwrap_or_else(|| panic!("--{flag} names no key"));
+            let value = match default {
+                serde_json::Value::String(text) => text.clone(),
+                // `database_url`, unset by default.
+                serde_json::Value::Null => DATABASE_URL.to_string(),
+                other => other.to_string(),
+            };
+            arguments.push(format!("--{}={value}", flag.replace('_', "-")));
+        }
+
+        let cli = Cli::try_parse_from(&arguments).expect("every flag parses");
+        let environment: Vec<(String, String)> = Vec::new();
+        let settings = Settings::load_with_environment(
+            Some(std::path::Path::new("/dev/null")),
+            &environment,
+            Serialized::defaults(&cli.overrides),
+        );
+
+        let expected = Settings { database_url: DatabaseUrl::parse(DATABASE_URL).ok(), ..Settings::default() };
+        assert_eq!(settings.expect("loads"), expected);
+    }
 }

@@ -58,11 +58,40 @@ pub struct Host {
 }
 
 /// A parsed `database_url`: its hosts in the order they are tried, and the
-/// kind of server wanted.
-#[derive(Debug, Clone)]
+/// kind of server wanted. Read from and written as the URL's text; `Debug`
+/// hides its password; two are equal when their texts are.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct DatabaseUrl {
+    url: String,
     hosts: Vec<Host>,
     target: SessionAttrs,
+}
+
+impl TryFrom<String> for DatabaseUrl {
+    type Error = String;
+
+    fn try_from(url: String) -> Result<DatabaseUrl, String> {
+        DatabaseUrl::parse(&url)
+    }
+}
+
+impl From<DatabaseUrl> for String {
+    fn from(url: DatabaseUrl) -> String {
+        url.url
+    }
+}
+
+impl PartialEq for DatabaseUrl {
+    fn eq(&self, other: &DatabaseUrl) -> bool {
+        self.url == other.url
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "DatabaseUrl({})", hide_password(&self.url))
+    }
 }
 
 impl DatabaseUrl {
@@ -117,7 +146,12 @@ impl DatabaseUrl {
             };
             hosts.push(Host { name: host.to_string(), options });
         }
-        Ok(DatabaseUrl { hosts, target })
+        Ok(DatabaseUrl { url: url.to_string(), hosts, target })
+    }
+
+    /// The URL as written (password included).
+    pub fn as_str(&self) -> &str {
+        &self.url
     }
 
     /// The hosts, in the order they are tried (one, with an empty name,

@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - [`console`]   the review desk: second listener, token auth, JSON API (`/api/v1`)
-//! - [`config`]    settings: defaults → file → `TICKET_INGEST_*` env → flags
+//! - [`config`]    settings: defaults → file → `TICKET_INGEST_*` env → flags, parsed once into the values used
+//!   - `mod.rs` the keys (`Settings`), loading, `check-config`'s output; `environment.rs` the
+//!     `TICKET_INGEST_*` layer; `validate.rs` ranges; `values.rs` ack mode, admin tokens, addresses
 //! - [`database_url`] `database_url` parsed as libpq does: host list, `target_session_attrs`
 //! - [`telemetry`] tracing subscriber (pretty | json)
 //! - [`startup`]   `Application::build` / `run_until_stopped`; shutdown order

@@ -55,6 +55,7 @@ pub struct LiveNumbers {
 impl Live {
     /// Reads every number now and sets its gauge.
     pub fn sample(&self) -> LiveNumbers {
+        let batch = self.tuning.get();
         let numbers = LiveNumbers {
             in_flight: self.admission.in_flight(),
             in_flight_capacity: self.admission.capacity(),
@@ -66,9 +67,9 @@ impl Live {
             wal_records: self.metrics.wal_records.get(),
             wal_bytes: self.wal.bytes_on_disk(),
             wal_max_bytes: self.wal_max_bytes,
-            batch_max_tickets: self.tuning.max_tickets(),
-            batch_max_bytes: self.tuning.max_bytes(),
-            batch_max_wait_ms: self.tuning.max_wait_ms(),
+            batch_max_tickets: batch.batch_max_tickets,
+            batch_max_bytes: batch.batch_max_bytes,
+            batch_max_wait_ms: batch.batch_max_wait_ms,
         };
         let metrics = &self.metrics;
         metrics.in_flight.set(numbers.in_flight as i64);

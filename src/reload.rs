@@ -1,9 +1,10 @@
 //! SIGHUP: read the configuration again and apply what can change safely
-//! while running — `batch_max_tickets`, `batch_max_wait_ms`,
-//! `batch_max_bytes` (the next batch uses them) and `log_level` — logging
-//! each change as old → new. Any other key that changed is reported as
-//! needing a restart; a configuration that does not load is refused with
-//! its message and the running one is kept.
+//! while running — the batch triggers
+//! ([`BatchLimits`](crate::config::BatchLimits): the next batch uses
+//! them) and `log_level` — logging each change as old → new. Any other key
+//! that changed is named as needing a restart (its value is not shown: it
+//! may be a secret); a configuration that does not load is refused with its
+//! message and the running one is kept.
 
 use std::sync::Arc;
 
@@ -13,6 +14,9 @@ use crate::writer::BatchTuning;
 
 /// Reads the configuration from the same sources as at start.
 pub type Loader = Box<dyn Fn() -> Result<Settings, ConfigError> + Send + Sync>;
+
+/// The key reloaded besides [`BatchLimits`]'s.
+const LOG_LEVEL: &str = "log_level";
 
 pub struct Reloader {
     load: Loader,
@@ -55,36 +59,67 @@ impl Reloader {
                 return;
             }
         };
-        let old = &self.current;
-        self.tuning.set(&fresh);
-        for (key, old, new) in [
-            ("batch_max_tickets", old.batch_max_tickets as u64, fresh.batch_max_tickets as u64),
-            ("batch_max_wait_ms", old.batch_max_wait_ms, fresh.batch_max_wait_ms),
-            ("batch_max_bytes", old.batch_max_bytes as u64, fresh.batch_max_bytes as u64),
-        ] {
-            if old != new {
-                tracing::info!(message = "reloaded", key, old, new);
-            }
-        }
-        if old.log_level != fresh.log_level {
-            match self.set_log_level.as_ref().map(|set| set(&fresh.log_level)) {
-                Some(Ok(())) | None => {
-                    tracing::info!(message = "reloaded", key = "log_level", old = %old.log_level, new = %fresh.log_level);
+        let batch_limit_keys = by_key(&fresh.batch_limits());
+        self.tuning.set(fresh.batch_limits());
+        let mut needs_restart = Vec::new();
+        for (key, old, new) in changed_keys(&self.current, &fresh) {
+            if batch_limit_keys.contains_key(&key) {
+                tracing::info!(message = "reloaded", key, old = %old, new = %new);
+            } else if key == LOG_LEVEL {
+                match self.set_log_level.as_ref().map(|set| set(&fresh.log_level)) {
+                    Some(Ok(())) | None => tracing::info!(message = "reloaded", key, old = %old, new = %new),
+                    Some(Err(error)) => tracing::error!(message = "log_level not reloaded", %error),
                 }
-                Some(Err(error)) => tracing::error!(message = "log_level not reloaded", %error),
+            } else {
+                needs_restart.push(key);
             }
         }
-        let mut rest_old = old.clone();
-        let mut rest_new = fresh.clone();
-        for settings in [&mut rest_old, &mut rest_new] {
-            settings.batch_max_tickets = 0;
-            settings.batch_max_wait_ms = 0;
-            settings.batch_max_bytes = 0;
-            settings.log_level.clear();
-        }
-        if rest_old != rest_new {
-            tracing::warn!(message = "other configuration changes take effect at the next restart");
+        if !needs_restart.is_empty() {
+            tracing::warn!(
+                message = "other configuration changes take effect at the next restart",
+                keys = needs_restart.join(", ")
+            );
         }
         self.current = fresh;
+    }
+}
+
+/// A value's keys and values, as the configuration spells them.
+fn by_key(value: &impl serde::Serialize) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(map)) => map,
+        other => unreachable!("a struct serializes to a map of its fields, not {other:?}"),
+    }
+}
+
+/// The keys whose values differ, with both values, in key order.
+fn changed_keys(old: &Settings, new: &Settings) -> Vec<(String, serde_json::Value, serde_json::Value)> {
+    let new = by_key(new);
+    by_key(old)
+        .into_iter()
+        .filter_map(|(key, old_value)| {
+            let new_value = new.get(&key).cloned().unwrap_or_default();
+            (old_value != new_value).then_some((key, old_value, new_value))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_batch_limit_is_a_key_and_only_the_changed_keys_are_named() {
+        let old = Settings::default();
+        let new = Settings { batch_max_tickets: 7, writers: 3, ..Settings::default() };
+
+        let changed: Vec<String> = changed_keys(&old, &new).into_iter().map(|(key, _, _)| key).collect();
+
+        assert_eq!(changed, ["batch_max_tickets", "writers"]);
+        let keys = crate::config::keys();
+        for key in by_key(&old.batch_limits()).keys() {
+            assert!(keys.contains(key), "{key} is no key of the configuration");
+        }
+        assert!(keys.contains(&LOG_LEVEL.to_string()));
     }
 }

@@ -185,7 +185,7 @@ impl StandbyWatch {
         if !gate.holds() {
             return Ok(None);
         }
-        let database = state.settings.database()?;
+        let database = state.settings.database()?.clone();
         let needed = state.settings.wal_standbys_flushed.max(1);
         let (stop, stopping) = watch::channel(false);
         let watcher = Watcher {

@@ -73,7 +73,7 @@ impl Drop for AbortOnDrop {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let database = settings.database()?;
+        let database = settings.database()?.clone();
         let pool_options =
             PgPoolOptions::new().max_connections(settings.db_pool_size).acquire_timeout(store::CONNECT_TIMEOUT);
         let (pool, pool_follower) = store::lazy_pool(&database, pool_options);
@@ -132,7 +132,7 @@ impl Application {
             Some(queue.clone()),
         )
         .with_context(|| format!("opening the write-ahead log in {} (wal_dir)", settings.wal_dir.display()))?;
-        let tuning = BatchTuning::new(&settings);
+        let tuning = BatchTuning::new(settings.batch_limits());
         let standby_gate = StandbyGate::new(&settings, wal.clone());
         let writers = Writers::spawn(
             &settings,
@@ -176,8 +176,7 @@ impl Application {
             });
             replayed.push((recovered, on_its_way));
         }
-        let verifier = Verifier::new(&settings.signing_secrets, settings.signing_tolerance_s)
-            .map_err(|reason| anyhow::anyhow!("signing_secrets: {reason}"))?;
+        let verifier = Verifier::new(&settings.signing_secrets, settings.signing_tolerance_s);
         let key_lookup = KeyLookup::spawn(pool.clone(), settings.idempotency_retention(), http::KEY_LOOKUP_TIMEOUT);
         let state = Arc::new(AppState {
             settings,

@@ -50,8 +50,7 @@
 //! forever (unless the WAL fails too).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -60,7 +59,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::admission::Admission;
-use crate::config::Settings;
+use crate::config::{BatchLimits, Settings};
 use crate::database_url::DatabaseUrl;
 use crate::job::{Job, Stored};
 use crate::metrics::{KindLabels, Metrics, WriterLabels};
@@ -106,39 +105,21 @@ impl Unwritten {
 /// SIGHUP reload; each batch reads them afresh.
 #[derive(Debug)]
 pub struct BatchTuning {
-    max_tickets: AtomicUsize,
-    max_wait_ms: AtomicU64,
-    max_bytes: AtomicUsize,
+    limits: Mutex<BatchLimits>,
 }
 
 impl BatchTuning {
-    pub fn new(settings: &Settings) -> Arc<BatchTuning> {
-        let tuning = BatchTuning {
-            max_tickets: AtomicUsize::new(0),
-            max_wait_ms: AtomicU64::new(0),
-            max_bytes: AtomicUsize::new(0),
-        };
-        tuning.set(settings);
-        Arc::new(tuning)
+    pub fn new(limits: BatchLimits) -> Arc<BatchTuning> {
+        Arc::new(BatchTuning { limits: Mutex::new(limits) })
     }
 
-    /// Takes the batch triggers of `settings`.
-    pub fn set(&self, settings: &Settings) {
-        self.max_tickets.store(settings.batch_max_tickets, Ordering::Relaxed);
-        self.max_wait_ms.store(settings.batch_max_wait_ms, Ordering::Relaxed);
-        self.max_bytes.store(settings.batch_max_bytes, Ordering::Relaxed);
+    /// Takes new batch triggers: the next batch uses them.
+    pub fn set(&self, limits: BatchLimits) {
+        *self.limits.lock().unwrap_or_else(PoisonError::into_inner) = limits;
     }
 
-    pub fn max_tickets(&self) -> usize {
-        self.max_tickets.load(Ordering::Relaxed)
-    }
-
-    pub fn max_wait_ms(&self) -> u64 {
-        self.max_wait_ms.load(Ordering::Relaxed)
-    }
-
-    pub fn max_bytes(&self) -> usize {
-        self.max_bytes.load(Ordering::Relaxed)
+    pub fn get(&self) -> BatchLimits {
+        *self.limits.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -283,8 +264,8 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => return None,
             }
         };
-        let (max_tickets, max_bytes) = (self.tuning.max_tickets(), self.tuning.max_bytes());
-        let wait = Duration::from_millis(self.tuning.max_wait_ms());
+        let limits = self.tuning.get();
+        let (max_tickets, max_bytes, wait) = (limits.batch_max_tickets, limits.batch_max_bytes, limits.max_wait());
         let deadline = Instant::now() + wait;
         let mut bytes = first.permit.bytes();
         let mut batch = Vec::with_capacity(max_tickets.min(1024));
@@ -308,8 +289,9 @@ impl Writer {
     /// being written and one waiting (large tickets fill the byte budget
     /// long before `batch_max_tickets` of them are queued).
     fn stands_by(&self) -> bool {
-        let backlog = self.queue.len() >= self.tuning.max_tickets()
-            || self.admission.bytes() >= self.tuning.max_bytes().saturating_mul(2);
+        let limits = self.tuning.get();
+        let backlog = self.queue.len() >= limits.batch_max_tickets
+            || self.admission.bytes() >= limits.batch_max_bytes.saturating_mul(2);
         self.number > 0 && !backlog && !self.admission.is_closed()
     }
 

@@ -1,13 +1,10 @@
 //! Who may use the review desk, and how a browser proves it.
 //!
 //! # Tokens
-//! `admin_tokens` lists `name:secret` or bare `secret` entries. The name is
-//! who a review is recorded as; a bare secret is named `token-` and the
-//! first 8 hex digits of its SHA-256, which names it for good without
-//! showing it. Names are ASCII letters, digits and `-_.@`, and unique; a
-//! secret has at least [`MIN_SECRET_CHARS`] characters. Presented secrets
-//! are compared by their SHA-256 digests, in time independent of where they
-//! differ.
+//! `admin_tokens` lists `name:secret` or bare `secret` entries, parsed
+//! with the configuration ([`AdminTokens`]). The name is who a review is
+//! recorded as. Presented secrets are compared by their SHA-256 digests, in
+//! time independent of where they differ.
 //!
 //! # Two ways in
 //! - **API clients** send `Authorization: Bearer <secret>` with every
@@ -45,13 +42,12 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::ConsoleError;
+use crate::config::AdminTokens;
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "ticket_ingest_session";
 /// How long a browser session lasts after `/login`.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
-/// Shortest secret accepted in `admin_tokens`.
-pub const MIN_SECRET_CHARS: usize = 16;
 /// The header an API client authenticated by the cookie sends the CSRF
 /// token in.
 pub const CSRF_HEADER: &str = "x-csrf-token";
@@ -75,29 +71,18 @@ pub struct Tokens {
 }
 
 impl Tokens {
-    /// Parses `admin_tokens`; the error names the entry by its position,
-    /// never by its secret.
-    pub fn parse(entries: &[String]) -> Result<Tokens, String> {
-        let mut tokens: Vec<Token> = Vec::with_capacity(entries.len());
-        for (index, entry) in entries.iter().enumerate() {
-            let position = index + 1;
-            let entry = entry.trim();
-            let (name, secret) = match entry.split_once(':') {
-                Some((name, secret)) => (name.trim().to_string(), secret.trim()),
-                None => (format!("token-{}", &hex_of(&digest(entry))[..8]), entry),
-            };
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
-                return Err(format!("token {position}: a name is ASCII letters, digits and -_.@ (name:secret)"));
-            }
-            if secret.chars().count() < MIN_SECRET_CHARS {
-                return Err(format!("token {position} ({name}): a secret has at least {MIN_SECRET_CHARS} characters"));
-            }
-            if tokens.iter().any(|token| token.name == name) {
-                return Err(format!("token {position}: the name {name} is given twice"));
-            }
-            tokens.push(Token { name, secret: secret.to_string(), digest: digest(secret) });
-        }
-        Ok(Tokens { tokens })
+    /// The tokens of `admin_tokens`, with the digests presented secrets
+    /// are compared with.
+    pub fn new(configured: &AdminTokens) -> Tokens {
+        let tokens = configured
+            .iter()
+            .map(|token| Token {
+                name: token.name.clone(),
+                secret: token.secret.clone(),
+                digest: digest(&token.secret),
+            })
+            .collect();
+        Tokens { tokens }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -246,10 +231,6 @@ fn digest(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
 }
 
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,23 +238,8 @@ mod tests {
     const SECRET: &str = "0123456789abcdef-alice";
 
     fn tokens() -> Tokens {
-        Tokens::parse(&[format!("alice:{SECRET}"), "plain-secret-of-bob-1234".to_string()]).expect("valid tokens")
-    }
-
-    #[test]
-    fn a_named_token_is_known_by_its_name_and_a_bare_one_by_its_digest() {
-        let tokens = tokens();
-        let names: Vec<&str> = tokens.names().collect();
-        assert_eq!(names[0], "alice");
-        assert!(names[1].starts_with("token-") && names[1].len() == 14, "{}", names[1]);
-    }
-
-    #[test]
-    fn short_secrets_and_twice_given_names_are_refused_without_showing_the_secret() {
-        let short = Tokens::parse(&["alice:short".to_string()]).err().expect("refused");
-        let twice = Tokens::parse(&[format!("a:{SECRET}"), format!("a:{SECRET}x")]).err().expect("refused");
-        assert!(short.contains("16") && !short.contains("short:"), "{short}");
-        assert!(twice.contains("twice"), "{twice}");
+        let configured = AdminTokens::parse(&[format!("alice:{SECRET}"), "plain-secret-of-bob-1234".to_string()]);
+        Tokens::new(&configured.expect("valid tokens"))
     }
 
     #[test]

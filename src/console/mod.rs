@@ -205,7 +205,7 @@ impl From<sqlx::Error> for ConsoleError {
 impl Console {
     /// Why the console cannot start with `settings`, if it cannot.
     pub fn not_started_reason(settings: &Settings) -> Option<&'static str> {
-        if settings.admin_address().is_none() {
+        if settings.admin_listen.is_none() {
             return Some("admin_listen is empty");
         }
         if settings.admin_tokens.is_empty() {
@@ -234,9 +234,8 @@ impl Console {
     }
 
     async fn bind(settings: &Settings, live: Option<LiveSource>) -> anyhow::Result<Console> {
-        let tokens =
-            Tokens::parse(&settings.admin_tokens).map_err(|reason| anyhow::anyhow!("admin_tokens: {reason}"))?;
-        let address = settings.admin_address().context("admin_listen")?;
+        let tokens = Tokens::new(&settings.admin_tokens);
+        let address = settings.admin_listen.context("admin_listen")?;
         let console_options = |options: PgConnectOptions| {
             options
                 .application_name("ticket-ingest console")
@@ -244,12 +243,12 @@ impl Console {
         };
         let pool_options =
             || PgPoolOptions::new().max_connections(settings.admin_db_pool_size).acquire_timeout(ACQUIRE_TIMEOUT);
-        let database = settings.database()?.with_options(console_options);
+        let database = settings.database()?.clone().with_options(console_options);
         let (pool, follower) = store::lazy_pool(&database, pool_options());
         let mut followers = vec![follower];
         let read_pool = match settings.read_database_url {
             Some(_) => {
-                let read_database = settings.read_database()?.with_options(console_options);
+                let read_database = settings.read_database()?.clone().with_options(console_options);
                 let (read_pool, read_follower) = store::lazy_pool(&read_database, pool_options());
                 followers.push(read_follower);
                 read_pool

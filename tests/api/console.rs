@@ -7,7 +7,10 @@ use serde_json::Value;
 use ticket_ingest::config::AckMode;
 use uuid::Uuid;
 
-use crate::helpers::{free_port, fresh_database, numbered_ticket, spawn_app_with, temp_dir, TestApp, SAMPLE_TICKET};
+use crate::helpers::{
+    admin_tokens, free_port, fresh_database, numbered_ticket, parsed_url, spawn_app_with, temp_dir, TestApp,
+    SAMPLE_TICKET,
+};
 
 pub const ALICE_SECRET: &str = "secret-of-alice-0123456789";
 const BOB_SECRET: &str = "secret-of-bob-0123456789";
@@ -26,7 +29,7 @@ pub struct Desk {
 pub async fn spawn_desk() -> Desk {
     let app = spawn_app_with(|settings| {
         settings.ack = AckMode::Commit;
-        settings.admin_tokens = vec![format!("alice:{ALICE_SECRET}"), BOB_SECRET.to_string()];
+        settings.admin_tokens = admin_tokens(&[format!("alice:{ALICE_SECRET}"), BOB_SECRET.to_string()]);
     })
     .await;
     let base = app.admin_address.clone().expect("the console runs when it has tokens");
@@ -518,7 +521,7 @@ async fn the_stats_are_counted_once_for_every_caller_within_ten_seconds() {
 
 #[tokio::test]
 async fn the_console_does_not_start_without_tokens() {
-    let app = spawn_app_with(|settings| settings.admin_tokens = Vec::new()).await;
+    let app = spawn_app_with(|settings| settings.admin_tokens = Default::default()).await;
     assert!(app.admin_address.is_none());
 
     let output = Command::new(env!("CARGO_BIN_EXE_ticket-ingest"))
@@ -680,8 +683,8 @@ async fn with_a_read_database_the_desk_reads_there_and_writes_to_database_url() 
     let replica_url = replica.database_url.clone();
     let app = spawn_app_with(|settings| {
         settings.ack = AckMode::Commit;
-        settings.admin_tokens = vec![format!("alice:{ALICE_SECRET}")];
-        settings.read_database_url = Some(replica_url);
+        settings.admin_tokens = admin_tokens(&[format!("alice:{ALICE_SECRET}")]);
+        settings.read_database_url = Some(parsed_url(&replica_url));
     })
     .await;
     let base = app.admin_address.clone().expect("the console runs when it has tokens");

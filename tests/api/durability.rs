@@ -7,8 +7,8 @@ use std::time::Duration;
 use ticket_ingest::config::AckMode;
 
 use crate::helpers::{
-    assert_every_acknowledged_ticket_stored_once, count, fresh_database, numbered_ticket, run_load, spawn_app_from,
-    spawn_app_with, temp_dir, test_settings, DbProxy, ServiceProcess,
+    assert_every_acknowledged_ticket_stored_once, count, fresh_database, numbered_ticket, parsed_url, run_load,
+    spawn_app_from, spawn_app_with, temp_dir, test_settings, DbProxy, ServiceProcess,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,7 +176,7 @@ async fn a_log_larger_than_the_budget_is_replayed_in_the_background_while_health
     tokio::task::spawn_blocking(move || thread.stop()).await.expect("wal stopped");
 
     // The writers held back by a lock on the tickets table.
-    let database_url = settings.database_url.clone().expect("database");
+    let database_url = settings.database_url.as_ref().expect("database").as_str().to_string();
     let db = sqlx::PgPool::connect(&database_url).await.expect("pool");
     ticket_ingest::store::migrate(&db).await.expect("migrations");
     let mut locker = PgConnection::connect(&database_url).await.expect("locker");
@@ -265,7 +265,7 @@ async fn once_the_database_is_back_the_first_commit_does_not_wait_out_the_backof
     let database_url = fresh_database().await;
     let proxy = DbProxy::start(&database_url).await;
     let mut settings = test_settings().await;
-    settings.database_url = Some(proxy.url(&database_url));
+    settings.database_url = Some(parsed_url(&proxy.url(&database_url)));
     settings.ack = AckMode::Wal;
     let app = spawn_app_from(settings).await;
     proxy.cut();

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::{Connection, PgConnection, PgPool};
-use ticket_ingest::config::{AckMode, Settings};
+use ticket_ingest::config::{AckMode, AdminTokens, Settings};
+use ticket_ingest::database_url::DatabaseUrl;
+use ticket_ingest::signature::Secret;
 use ticket_ingest::startup::Application;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -83,15 +85,30 @@ pub fn temp_dir(label: &str) -> PathBuf {
     dir
 }
 
+/// `text` as `database_url` takes it.
+pub fn parsed_url(text: &str) -> DatabaseUrl {
+    DatabaseUrl::parse(text).expect("a valid database URL")
+}
+
+/// `entries` as `admin_tokens` takes them.
+pub fn admin_tokens(entries: &[String]) -> AdminTokens {
+    AdminTokens::parse(entries).expect("valid admin tokens")
+}
+
+/// `secrets` as `signing_secrets` takes them.
+pub fn signing_secrets(secrets: &[&str]) -> Vec<Secret> {
+    secrets.iter().map(|secret| Secret::parse(secret).expect("a valid signing secret")).collect()
+}
+
 /// Settings for a test: fresh database, port 0, private WAL directory.
 pub async fn test_settings() -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().expect("address"),
-        database_url: Some(fresh_database().await),
+        database_url: Some(parsed_url(&fresh_database().await)),
         wal_dir: temp_dir("wal"),
         log_level: "warn".to_string(),
         // Started only by the tests that give it tokens.
-        admin_listen: "127.0.0.1:0".to_string(),
+        admin_listen: Some("127.0.0.1:0".parse().expect("address")),
         ..Settings::default()
     }
 }
@@ -119,7 +136,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 pub async fn spawn_app_from(settings: Settings) -> TestApp {
-    let database_url = settings.database_url.clone().expect("test settings have a database");
+    let database_url = settings.database_url.as_ref().expect("test settings have a database").as_str().to_string();
     let application = Application::build(settings).await.expect("application builds");
     let address = format!("http://127.0.0.1:{}", application.port());
     let admin_address = application.console_port().map(|port| format!("http://127.0.0.1:{port}"));

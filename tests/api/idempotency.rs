@@ -5,7 +5,8 @@ use std::time::Duration;
 use ticket_ingest::config::AckMode;
 
 use crate::helpers::{
-    fresh_database, numbered_ticket, spawn_app, spawn_app_from, spawn_app_with, DbProxy, TicketsLocked, SAMPLE_TICKET,
+    fresh_database, numbered_ticket, parsed_url, spawn_app, spawn_app_from, spawn_app_with, DbProxy, TicketsLocked,
+    SAMPLE_TICKET,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,7 +103,7 @@ async fn a_key_stored_before_a_restart_is_answered_with_the_first_id_and_stored_
 async fn another_instance_answers_a_key_the_first_instance_stored_with_the_first_id() {
     let first_instance = spawn_app().await;
     let mut settings = crate::helpers::test_settings().await;
-    settings.database_url = Some(first_instance.database_url.clone());
+    settings.database_url = Some(parsed_url(&first_instance.database_url));
     let second_instance = spawn_app_from(settings).await;
 
     let first = first_instance.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "two-instances").await;
@@ -131,7 +132,7 @@ async fn a_key_the_database_cannot_be_asked_about_is_stored_under_its_own_id_and
     let first_instance = spawn_app().await;
     let proxy = DbProxy::start(&first_instance.database_url).await;
     let mut settings = crate::helpers::test_settings().await;
-    settings.database_url = Some(proxy.url(&first_instance.database_url));
+    settings.database_url = Some(parsed_url(&proxy.url(&first_instance.database_url)));
     let cut_off = spawn_app_from(settings).await;
     let first = first_instance.post_ticket_with_header(SAMPLE_TICKET, "Idempotency-Key", "unchecked").await;
     let first: serde_json::Value = first.json().await.expect("json");
@@ -181,7 +182,7 @@ async fn keys_older_than_the_retention_are_expired_and_the_recent_ones_kept() {
         .expect("key row");
     }
     let mut settings = crate::helpers::test_settings().await;
-    settings.database_url = Some(database_url);
+    settings.database_url = Some(parsed_url(&database_url));
     settings.idempotency_retention_hours = 168;
 
     let app = spawn_app_from(settings).await;
@@ -239,7 +240,7 @@ async fn when_the_first_request_is_refused_its_waiting_repeat_is_refused_too_and
     let database_url = fresh_database().await;
     let proxy = DbProxy::start(&database_url).await;
     let mut settings = crate::helpers::test_settings().await;
-    settings.database_url = Some(proxy.url(&database_url));
+    settings.database_url = Some(parsed_url(&proxy.url(&database_url)));
     settings.ack = AckMode::Commit;
     settings.shutdown_grace_ms = 2_000;
     let app = spawn_app_from(settings).await;
@@ -373,7 +374,7 @@ async fn a_key_whose_ticket_is_gone_is_a_new_key_not_a_repeat_of_a_missing_ticke
     let first: serde_json::Value = first.json().await.expect("json");
     app.wait_for_count("tickets", 1).await;
     app.stop().await;
-    let db = sqlx::PgPool::connect(settings.database_url.as_deref().expect("url")).await.expect("pool");
+    let db = sqlx::PgPool::connect(settings.database_url.as_ref().expect("url").as_str()).await.expect("pool");
     sqlx::query("DELETE FROM ticket_lines").execute(&db).await.expect("lines gone");
     sqlx::query("DELETE FROM tickets").execute(&db).await.expect("tickets gone");
 
@@ -464,7 +465,7 @@ async fn a_repeat_during_a_conversion_to_partitions_gets_the_first_id_and_stores
     if crate::helpers::partitioned_schema() {
         return; // Already partitioned: there is nothing to convert.
     }
-    let database_url = settings.database_url.clone().expect("url");
+    let database_url = settings.database_url.as_ref().expect("url").as_str().to_string();
     let app = spawn_app_from(settings.clone()).await;
     let mut first_ids = Vec::new();
     for number in 0..5 {

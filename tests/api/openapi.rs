@@ -10,7 +10,7 @@ use sqlx::Connection;
 use ticket_ingest::config::AckMode;
 
 use crate::console::{spawn_desk, ALICE_SECRET};
-use crate::helpers::{raw_request, spawn_app_with, test_database_url, SAMPLE_TICKET};
+use crate::helpers::{raw_request, signing_secrets, spawn_app_with, test_database_url, SAMPLE_TICKET};
 
 /// `(path, method, status)` triples documented under `paths:`.
 fn documented_responses() -> BTreeSet<(String, String, u16)> {
@@ -94,7 +94,7 @@ async fn every_response_documented_in_openapi_yaml_is_what_the_service_answers()
     exercised.extend(refusals_by_hyper(&app.address, &documented).await);
 
     let signed = spawn_app_with(|settings| {
-        settings.signing_secrets = vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string()];
+        settings.signing_secrets = signing_secrets(&["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]);
     })
     .await;
     assert_eq!(signed.post_ticket(SAMPLE_TICKET).await.status(), 401);

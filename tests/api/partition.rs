@@ -13,8 +13,8 @@ use ticket_ingest::config::{AckMode, Settings};
 use ticket_ingest::partition::{self, Pace, State};
 
 use crate::helpers::{
-    assert_every_acknowledged_ticket_stored_once, empty_database, run_load, spawn_app_from, temp_dir, test_settings,
-    ServiceProcess, SAMPLE_TICKET,
+    assert_every_acknowledged_ticket_stored_once, empty_database, parsed_url, run_load, spawn_app_from, temp_dir,
+    test_settings, ServiceProcess, SAMPLE_TICKET,
 };
 
 /// Runs the real binary with `args` against `database_url`; its output.
@@ -92,7 +92,7 @@ async fn migrate_partitioned_makes_partitions_around_now_and_the_service_stores_
     assert!(String::from_utf8_lossy(&output.stdout).contains("partitioned (monthly)"));
     assert_eq!(state(&url).await, State::Partitioned);
     let mut settings = test_settings().await;
-    settings.database_url = Some(url.clone());
+    settings.database_url = Some(parsed_url(&url.clone()));
     let app = spawn_app_from(settings).await;
     assert_eq!(app.post_ticket(SAMPLE_TICKET).await.status(), 202);
     app.wait_for_count("ticket_lines", 2).await;
@@ -211,7 +211,7 @@ async fn the_service_drops_the_partitions_older_than_the_retention_and_keeps_the
     .expect("counts before");
     assert!(old_tickets > 0 && recent_tickets > 0);
     let mut settings = test_settings().await;
-    settings.database_url = Some(url.clone());
+    settings.database_url = Some(parsed_url(&url.clone()));
     settings.partition_retention = "2 months".to_string();
     settings.partition_maintenance_s = 1;
 

@@ -7,7 +7,9 @@ use ticket_ingest::config::AckMode;
 
 use sqlx::PgPool;
 
-use crate::helpers::{numbered_ticket, spawn_app_from, spawn_app_with, test_settings, TestApp, TicketsLocked};
+use crate::helpers::{
+    numbered_ticket, parsed_url, spawn_app_from, spawn_app_with, test_settings, TestApp, TicketsLocked,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_answers_at_once_while_key_lookups_wait_on_a_locked_table() {
@@ -87,11 +89,11 @@ pub(crate) struct OwnRole {
 impl OwnRole {
     pub(crate) async fn start() -> OwnRole {
         let mut settings = test_settings().await;
-        let database_url = settings.database_url.clone().expect("database");
+        let database_url = settings.database_url.as_ref().expect("database").as_str().to_string();
         let role = format!("ingest_{}", uuid::Uuid::now_v7().simple());
         let admin = PgPool::connect(&database_url).await.expect("admin pool");
         sqlx::query(&format!("CREATE ROLE {role} LOGIN SUPERUSER")).execute(&admin).await.expect("role");
-        settings.database_url = Some(database_url.replacen("postgres@", &format!("{role}@"), 1));
+        settings.database_url = Some(parsed_url(&database_url.replacen("postgres@", &format!("{role}@"), 1)));
         settings.ack = AckMode::Wal;
         OwnRole { app: spawn_app_from(settings).await, admin, role }
     }

@@ -2,13 +2,13 @@
 
 use ticket_ingest::signature::sign;
 
-use crate::helpers::{spawn_app_with, TestApp, SAMPLE_TICKET};
+use crate::helpers::{signing_secrets, spawn_app_with, TestApp, SAMPLE_TICKET};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const OLD_SECRET: &str = "whsec_b2xkLXNlY3JldC1rZXktZm9yLXRlc3Rz";
 
 async fn signed_app() -> TestApp {
-    spawn_app_with(|settings| settings.signing_secrets = vec![SECRET.to_string(), OLD_SECRET.to_string()]).await
+    spawn_app_with(|settings| settings.signing_secrets = signing_secrets(&[SECRET, OLD_SECRET])).await
 }
 
 async fn post_signed(app: &TestApp, id: &str, timestamp: i64, signature: &str) -> reqwest::Response {

@@ -5,8 +5,15 @@
 //! wrong type or out of range stops the start with a message naming the key.
 //!
 //! The keys are the fields of [`Settings`], and nothing else lists them: the
-//! environment layer and the documentation test take them from
-//! `Settings::default()` serialized ([`defaults_by_key`]).
+//! environment layer, SIGHUP's reload (which names what changed) and the
+//! documentation test take them from `Settings::default()` serialized
+//! ([`defaults_by_key`]); the command-line flags are checked against them
+//! by a test.
+//!
+//! Values are parsed once, as they are read, into what their consumers
+//! take: a [`DatabaseUrl`], signing [`Secret`]s, [`AdminTokens`], the
+//! console's `Option<SocketAddr>`. A value its parser refuses stops the
+//! start like a value out of range, naming its key and where it came from.
 //!
 //! # The environment layer
 //! `TICKET_INGEST_<KEY>` sets `<key>`. A value is read as figment reads
@@ -22,17 +29,23 @@
 //! default in force in silence. The project's scripts read a few such
 //! variables of their own ([`SCRIPT_VARIABLES`]); those are accepted.
 
+mod environment;
+mod validate;
+mod values;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Format, Serialized, Toml};
-use figment::value::{Dict, Map, Value};
-use figment::{Figment, Metadata, Profile, Provider};
+use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::database_url::DatabaseUrl;
+use crate::database_url::{self, DatabaseUrl};
 use crate::partition::{Interval, Layout};
+use crate::signature::Secret;
+use environment::EnvironmentLayer;
+pub use values::{AckMode, AdminToken, AdminTokens, HoldForStandbys, LogFormat, MIN_ADMIN_SECRET_CHARS};
 
 /// The file read when no `--config` is given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "config/ticket-ingest.toml";
@@ -46,42 +59,6 @@ pub const ENV_PREFIX: &str = "TICKET_INGEST_";
 /// `scripts/pg.sh` (`scripts/run.sh`, `loadtest/`).
 pub const SCRIPT_VARIABLES: [&str; 1] = ["TICKET_INGEST_PG_PORT"];
 
-/// When a request is answered `202`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AckMode {
-    /// After the ticket is in the write-ahead log, `fdatasync`ed.
-    Wal,
-    /// After the ticket's batch committed in PostgreSQL.
-    Commit,
-    /// After the ticket is in the in-memory queue (lost on a crash, not on
-    /// an orderly shutdown).
-    Memory,
-}
-
-/// Whether a record stays in the write-ahead log, once its ticket is
-/// committed on the primary, until the standbys have flushed that commit
-/// too (`wal_hold_for_standbys`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HoldForStandbys {
-    /// Released as soon as the primary committed it.
-    Off,
-    /// Held until `wal_standbys_flushed` standbys flushed its commit;
-    /// released at once while fewer than that are connected.
-    Auto,
-    /// Held until `wal_standbys_flushed` standbys flushed its commit, also
-    /// while fewer are connected: the log fills, then refuses (`503`).
-    Always,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Pretty,
-    Json,
-}
-
 /// The effective configuration of one process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,10 +67,10 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// PostgreSQL URL; `DATABASE_URL` is used when this is unset. A libpq
     /// host list with `target_session_attrs` follows a failover.
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
     /// PostgreSQL URL of a read replica for the console's reads and
     /// `reprocess`'s; `database_url` when unset. Writes never go there.
-    pub read_database_url: Option<String>,
+    pub read_database_url: Option<DatabaseUrl>,
     /// Threads of the HTTP runtime; 0 means one per CPU core.
     pub http_threads: usize,
     /// Connections of the shared pool (migrations, readiness checks,
@@ -158,7 +135,7 @@ pub struct Settings {
     pub idempotency_retention_hours: u64,
     /// Standard Webhooks secrets (`whsec_…`); when any is set, every
     /// `POST /ticket` must be signed with one of them, else `401`.
-    pub signing_secrets: Vec<String>,
+    pub signing_secrets: Vec<Secret>,
     /// How far `webhook-timestamp` may be from our clock, in seconds.
     pub signing_tolerance_s: u64,
     /// Apply pending migrations before serving.
@@ -171,10 +148,11 @@ pub struct Settings {
     pub shutdown_grace_ms: u64,
     /// Address of the review desk (`console`), a listener for people apart
     /// from the webhook's; empty: no console.
-    pub admin_listen: String,
+    #[serde(with = "values::optional_address")]
+    pub admin_listen: Option<SocketAddr>,
     /// Tokens of the review desk, `name:secret` or a bare `secret`; none:
     /// no console. The name is who a review is recorded as.
-    pub admin_tokens: Vec<String>,
+    pub admin_tokens: AdminTokens,
     /// Connections of the console's own pool, apart from the ingest's.
     pub admin_db_pool_size: u32,
     /// Longest a console statement may run before PostgreSQL cancels it.
@@ -230,8 +208,8 @@ impl Default for Settings {
             log_format: LogFormat::Pretty,
             log_level: "info".to_string(),
             shutdown_grace_ms: 10_000,
-            admin_listen: "127.0.0.1:9099".to_string(),
-            admin_tokens: Vec::new(),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9099))),
+            admin_tokens: AdminTokens::default(),
             admin_db_pool_size: 2,
             admin_statement_timeout_ms: 2_000,
             partition_interval: Interval::Monthly,
@@ -265,6 +243,10 @@ pub enum ConfigError {
     Invalid(Box<figment::Error>),
     #[error("invalid value for key `{key}`: {reason}")]
     OutOfRange { key: &'static str, reason: String },
+    /// A value its parser refused (a URL, a token, an address, a secret);
+    /// the reason never shows the value, which may be a secret.
+    #[error("invalid value for key `{key}` ({origin}): {reason}")]
+    Refused { key: String, origin: String, reason: String },
     /// `TICKET_INGEST_*` variables that name no key, each described with
     /// the key it probably meant.
     #[error(
@@ -278,6 +260,22 @@ pub enum ConfigError {
     /// shown, as it may be a secret.
     #[error("environment variable {variable} {reason}")]
     NotAList { variable: String, reason: &'static str },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(error: figment::Error) -> ConfigError {
+        let (figment::error::Kind::Message(reason), Some(key), Some(metadata), Some(profile)) =
+            (&error.kind, error.path.first(), &error.metadata, &error.profile)
+        else {
+            return ConfigError::Invalid(Box::new(error));
+        };
+        let origin = match &metadata.source {
+            Some(figment::Source::File(path)) => format!("{} {}", metadata.name, path.display()),
+            Some(_) => "a command-line flag".to_string(),
+            None => format!("{} in {}", metadata.interpolate(profile, &error.path[..1]), metadata.name),
+        };
+        ConfigError::Refused { key: key.clone(), origin, reason: reason.clone() }
+    }
 }
 
 impl Settings {
@@ -309,121 +307,37 @@ impl Settings {
         let environment_layer = EnvironmentLayer::read(environment)?;
         if !environment_layer.values.contains_key("database_url") {
             if let Some((_, url)) = environment.iter().find(|(name, _)| name == "DATABASE_URL") {
+                if let Err(reason) = DatabaseUrl::parse(url) {
+                    return Err(ConfigError::Refused {
+                        key: "database_url".to_string(),
+                        origin: "DATABASE_URL in the environment".to_string(),
+                        reason,
+                    });
+                }
                 figment = figment.merge(Serialized::default("database_url", url));
             }
         }
         figment = figment.merge(environment_layer).merge(overrides);
-        let settings: Settings = figment.extract().map_err(|error| ConfigError::Invalid(Box::new(error)))?;
+        let settings: Settings = figment.extract().map_err(ConfigError::from)?;
         settings.validate()?;
         Ok(settings)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        at_most("http_threads", self.http_threads as u64, 256)?;
-        at_least("db_pool_size", self.db_pool_size as u64, 1)?;
-        at_least("queue_capacity", self.queue_capacity as u64, 1)?;
-        at_least("queue_max_bytes", self.queue_max_bytes as u64, self.max_body_bytes as u64).map_err(|_| {
-            ConfigError::OutOfRange { key: "queue_max_bytes", reason: "must be at least max_body_bytes".to_string() }
-        })?;
-        at_least("writers", self.writers as u64, 1)?;
-        at_most("writers", self.writers as u64, 64)?;
-        at_least("batch_max_tickets", self.batch_max_tickets as u64, 1)?;
-        at_most("batch_max_wait_ms", self.batch_max_wait_ms, 60_000)?;
-        at_least("batch_max_bytes", self.batch_max_bytes as u64, 1)?;
-        at_least("max_body_bytes", self.max_body_bytes as u64, 1)?;
-        at_most("max_body_bytes", self.max_body_bytes as u64, 64 * 1024 * 1024)?;
-        at_least("max_headers", self.max_headers as u64, 8)?;
-        // hyper refuses (panics on) a buffer below 8 KiB.
-        at_least("max_head_bytes", self.max_head_bytes as u64, 8192)?;
-        // Above 64 KiB a request target longer than hyper's 65 534 bytes
-        // would get hyper's 414 rather than the 431 openapi.yaml documents.
-        at_most("max_head_bytes", self.max_head_bytes as u64, 64 * 1024)?;
-        at_least("max_connections", self.max_connections as u64, 1)?;
-        at_least("receive_max_bytes", self.receive_max_bytes as u64, self.max_body_bytes as u64).map_err(|_| {
-            ConfigError::OutOfRange { key: "receive_max_bytes", reason: "must be at least max_body_bytes".to_string() }
-        })?;
-        at_least("receive_max_bytes_per_peer", self.receive_max_bytes_per_peer as u64, 1)?;
-        at_least("body_min_bytes_per_s", self.body_min_bytes_per_s, 1)?;
-        at_least("idempotency_retention_hours", self.idempotency_retention_hours, 1)?;
-        at_most("idempotency_retention_hours", self.idempotency_retention_hours, 100 * 365 * 24)?;
-        // A body from a busy address (a proxy) must still get through alone.
-        at_least(
-            "receive_max_bytes_per_peer",
-            self.receive_max_bytes_per_peer as u64,
-            self.max_body_bytes as u64 + 1024,
-        )
-        .map_err(|_| ConfigError::OutOfRange {
-            key: "receive_max_bytes_per_peer",
-            reason: "must be at least max_body_bytes + 1024 (the gzip slack)".to_string(),
-        })?;
-        at_least("header_read_timeout_ms", self.header_read_timeout_ms, 1)?;
-        at_least("body_read_timeout_ms", self.body_read_timeout_ms, 1)?;
-        // Deadlines are the clock plus these: keep them far from its range.
-        at_most("header_read_timeout_ms", self.header_read_timeout_ms, 3_600_000)?;
-        at_most("body_read_timeout_ms", self.body_read_timeout_ms, 3_600_000)?;
-        at_most("shutdown_grace_ms", self.shutdown_grace_ms, 3_600_000)?;
-        at_least("retry_after_s", self.retry_after_s as u64, 1)?;
-        at_least("wal_segment_bytes", self.wal_segment_bytes, 4096)?;
-        at_least("wal_max_bytes", self.wal_max_bytes, self.wal_segment_bytes).map_err(|_| ConfigError::OutOfRange {
-            key: "wal_max_bytes",
-            reason: "must be at least wal_segment_bytes".to_string(),
-        })?;
-        at_least("wal_standbys_flushed", self.wal_standbys_flushed as u64, 1)?;
-        if let Err(reason) = crate::signature::Verifier::new(&self.signing_secrets, self.signing_tolerance_s) {
-            return Err(ConfigError::OutOfRange { key: "signing_secrets", reason });
-        }
-        if !self.admin_listen.trim().is_empty() && self.admin_listen.trim().parse::<SocketAddr>().is_err() {
-            let reason = "must be an address such as 127.0.0.1:9099, or empty to run no console".to_string();
-            return Err(ConfigError::OutOfRange { key: "admin_listen", reason });
-        }
-        if let Err(reason) = crate::console::auth::Tokens::parse(&self.admin_tokens) {
-            return Err(ConfigError::OutOfRange { key: "admin_tokens", reason });
-        }
-        at_least("admin_db_pool_size", self.admin_db_pool_size as u64, 1)?;
-        at_most("admin_db_pool_size", self.admin_db_pool_size as u64, 64)?;
-        at_least("admin_statement_timeout_ms", self.admin_statement_timeout_ms, 1)?;
-        at_least("partition_premake", self.partition_premake as u64, 1)?;
-        at_most("partition_premake", self.partition_premake as u64, 1_000)?;
-        if !self.partition_retention.trim().is_empty() && !is_retention(&self.partition_retention) {
-            let reason = "must be a number and a unit (days, weeks, months, years), such as \"90 days\", or empty to keep every partition".to_string();
-            return Err(ConfigError::OutOfRange { key: "partition_retention", reason });
-        }
-        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
-            return Err(ConfigError::OutOfRange { key: "log_level", reason: error.to_string() });
-        }
-        if let Some(url) = &self.database_url {
-            if let Err(reason) = DatabaseUrl::parse(url) {
-                return Err(ConfigError::OutOfRange { key: "database_url", reason });
-            }
-        }
-        if let Some(url) = &self.read_database_url {
-            if let Err(reason) = DatabaseUrl::parse(url) {
-                return Err(ConfigError::OutOfRange { key: "read_database_url", reason });
-            }
-        }
-        Ok(())
-    }
-
-    /// The database written to, parsed: `database_url`, or an error saying
-    /// how to give one.
-    pub fn database(&self) -> anyhow::Result<DatabaseUrl> {
-        DatabaseUrl::parse(self.require_database_url()?).map_err(|reason| anyhow::anyhow!("database_url: {reason}"))
+    /// The database written to: `database_url`, or an error saying how to
+    /// give one.
+    pub fn database(&self) -> anyhow::Result<&DatabaseUrl> {
+        self.database_url.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("no database configured: set `database_url` in the config file, TICKET_INGEST_DATABASE_URL or DATABASE_URL")
+        })
     }
 
     /// The database read from by the console and `reprocess`:
     /// `read_database_url`, else [`Settings::database`].
-    pub fn read_database(&self) -> anyhow::Result<DatabaseUrl> {
+    pub fn read_database(&self) -> anyhow::Result<&DatabaseUrl> {
         match &self.read_database_url {
-            Some(url) => DatabaseUrl::parse(url).map_err(|reason| anyhow::anyhow!("read_database_url: {reason}")),
+            Some(url) => Ok(url),
             None => self.database(),
         }
-    }
-
-    /// The database URL, or an error saying how to give one.
-    pub fn require_database_url(&self) -> anyhow::Result<&str> {
-        self.database_url.as_deref().ok_or_else(|| {
-            anyhow::anyhow!("no database configured: set `database_url` in the config file, TICKET_INGEST_DATABASE_URL or DATABASE_URL")
-        })
     }
 
     pub fn batch_max_wait(&self) -> Duration {
@@ -461,153 +375,46 @@ impl Settings {
         (self.partition_maintenance_s > 0).then(|| Duration::from_secs(self.partition_maintenance_s))
     }
 
-    /// The console's address; `None` when `admin_listen` is empty.
-    pub fn admin_address(&self) -> Option<SocketAddr> {
-        self.admin_listen.trim().parse().ok()
+    /// The batch triggers (`batch_max_*`), the keys applied while running.
+    pub fn batch_limits(&self) -> BatchLimits {
+        BatchLimits {
+            batch_max_tickets: self.batch_max_tickets,
+            batch_max_wait_ms: self.batch_max_wait_ms,
+            batch_max_bytes: self.batch_max_bytes,
+        }
     }
-}
 
-/// The `TICKET_INGEST_<KEY>` layer (module docs, The environment layer).
-struct EnvironmentLayer {
-    /// Values by key, parsed.
-    values: Dict,
-}
-
-impl EnvironmentLayer {
-    /// Takes the `TICKET_INGEST_*` variables of `environment`; refuses those
-    /// that name no key (all of them named in one error).
-    fn read(environment: &[(String, String)]) -> Result<EnvironmentLayer, ConfigError> {
-        let defaults = defaults_by_key();
-        let mut values = Dict::new();
-        let mut unknown = Vec::new();
-        for (name, text) in environment {
-            let Some(key) = key_of_variable(name) else { continue };
-            match defaults.get(&key) {
-                Some(default) if default.is_array() => {
-                    let list =
-                        list_value(text).map_err(|reason| ConfigError::NotAList { variable: name.clone(), reason })?;
-                    values.insert(key, list);
-                }
-                Some(_) => {
-                    values.insert(key, parse_value(text));
-                }
-                None if SCRIPT_VARIABLES.iter().any(|script_variable| script_variable.eq_ignore_ascii_case(name)) => {}
-                None => unknown.push(describe_unknown_variable(name, &defaults)),
+    /// The effective configuration as TOML, the secrets hidden: passwords
+    /// of the URLs, signing secrets, and the admin tokens' secrets (their
+    /// names are shown).
+    pub fn to_toml_hiding_secrets(&self) -> anyhow::Result<String> {
+        let mut shown = toml::Table::try_from(self)?;
+        for key in ["database_url", "read_database_url"] {
+            if let Some(toml::Value::String(url)) = shown.get_mut(key) {
+                *url = database_url::hide_password(url);
             }
         }
-        if !unknown.is_empty() {
-            unknown.sort();
-            return Err(ConfigError::UnknownVariables { unknown });
-        }
-        Ok(EnvironmentLayer { values })
+        let hidden = |count: usize| toml::Value::Array(vec![toml::Value::from("***"); count]);
+        shown.insert("signing_secrets".to_string(), hidden(self.signing_secrets.len()));
+        let names = self.admin_tokens.iter().map(|token| toml::Value::from(format!("{}:***", token.name))).collect();
+        shown.insert("admin_tokens".to_string(), toml::Value::Array(names));
+        Ok(toml::to_string(&shown)?)
     }
 }
 
-impl Provider for EnvironmentLayer {
-    fn metadata(&self) -> Metadata {
-        Metadata::named("the environment")
-            .interpolater(|_: &Profile, path: &[&str]| format!("{ENV_PREFIX}{}", path.join(".").to_ascii_uppercase()))
-    }
-
-    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
-        Ok(Profile::Default.collect(self.values.clone()))
-    }
+/// The batch triggers, as one value: what SIGHUP applies to the running
+/// writers. The field names are the keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BatchLimits {
+    pub batch_max_tickets: usize,
+    pub batch_max_wait_ms: u64,
+    pub batch_max_bytes: usize,
 }
 
-/// `TICKET_INGEST_BATCH_MAX_TICKETS` → `batch_max_tickets`; `None` for a
-/// variable without the prefix. Case is ignored, as figment's `Env` does.
-fn key_of_variable(name: &str) -> Option<String> {
-    let prefix = name.get(..ENV_PREFIX.len())?;
-    if !prefix.eq_ignore_ascii_case(ENV_PREFIX) {
-        return None;
+impl BatchLimits {
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_max_wait_ms)
     }
-    Some(name[ENV_PREFIX.len()..].trim().to_ascii_lowercase())
-}
-
-/// A value as figment's `Env` parses it: `4`, `true`, `"text"`, `[1, 2]`…
-fn parse_value(text: &str) -> Value {
-    match text.parse::<Value>() {
-        Ok(value) => value,
-        Err(never) => match never {},
-    }
-}
-
-/// The value of a list-valued key: `[a, b]` as figment parses it, else one
-/// item or items separated by commas, as text, trimmed (empty items are
-/// dropped). The error completes "environment variable X …".
-fn list_value(text: &str) -> Result<Value, &'static str> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("is empty: write [] for an empty list");
-    }
-    if text.starts_with('[') {
-        return match parse_value(text) {
-            list @ Value::Array(..) => Ok(list),
-            _ => Err("starts with `[` but is no list such as [a, b] (value not shown: it may be a secret)"),
-        };
-    }
-    let items: Vec<&str> = text.split(',').map(str::trim).filter(|item| !item.is_empty()).collect();
-    Ok(Value::from(items))
-}
-
-/// `TICKET_INGEST_BATCH_MAX_TICKTS (did you mean
-/// TICKET_INGEST_BATCH_MAX_TICKETS?)`: the nearest variable within three
-/// edits, if any.
-fn describe_unknown_variable(name: &str, defaults: &serde_json::Map<String, serde_json::Value>) -> String {
-    let key_variables = defaults.keys().map(|key| format!("{ENV_PREFIX}{}", key.to_ascii_uppercase()));
-    let candidates = key_variables.chain(SCRIPT_VARIABLES.iter().map(|variable| variable.to_string()));
-    let upper_name = name.to_ascii_uppercase();
-    let mut nearest: Option<(usize, String)> = None;
-    for candidate in candidates {
-        let distance = edit_distance(&upper_name, &candidate);
-        if distance <= 3 && nearest.as_ref().map_or(true, |(best, _)| distance < *best) {
-            nearest = Some((distance, candidate));
-        }
-    }
-    match nearest {
-        Some((_, candidate)) => format!("{name} (did you mean {candidate}?)"),
-        None => name.to_string(),
-    }
-}
-
-/// Levenshtein distance: insertions, deletions and substitutions of one
-/// character each count one.
-fn edit_distance(from: &str, to: &str) -> usize {
-    let to: Vec<char> = to.chars().collect();
-    let mut previous_row: Vec<usize> = (0..=to.len()).collect();
-    for (i, from_char) in from.chars().enumerate() {
-        let mut row = vec![i + 1; to.len() + 1];
-        for (j, to_char) in to.iter().enumerate() {
-            let substitution = previous_row[j] + usize::from(from_char != *to_char);
-            row[j + 1] = substitution.min(previous_row[j + 1] + 1).min(row[j] + 1);
-        }
-        previous_row = row;
-    }
-    previous_row[to.len()]
-}
-
-/// `90 days`, `1 month`, `2 years`: what `partition_retention` takes (a
-/// subset of PostgreSQL's interval syntax, checked before it reaches the
-/// database).
-fn is_retention(text: &str) -> bool {
-    let mut words = text.split_whitespace();
-    let (Some(number), Some(unit), None) = (words.next(), words.next(), words.next()) else { return false };
-    number.parse::<u32>().is_ok_and(|number| number > 0)
-        && ["day", "days", "week", "weeks", "month", "months", "year", "years"].contains(&unit)
-}
-
-fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
-    if value < min {
-        return Err(ConfigError::OutOfRange { key, reason: format!("{value} is below the minimum {min}") });
-    }
-    Ok(())
-}
-
-fn at_most(key: &'static str, value: u64, max: u64) -> Result<(), ConfigError> {
-    if value > max {
-        return Err(ConfigError::OutOfRange { key, reason: format!("{value} is above the maximum {max}") });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -751,16 +558,20 @@ mod tests {
         assert!(error.to_string().contains("TICKET_INGEST_WRITERS"), "{error}");
     }
 
+    fn texts(secrets: &[Secret]) -> Vec<String> {
+        secrets.iter().cloned().map(String::from).collect()
+    }
+
     #[test]
     fn a_list_key_takes_a_single_value() {
         let settings = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", SECRET)]).expect("loads");
-        assert_eq!(settings.signing_secrets, [SECRET]);
+        assert_eq!(texts(&settings.signing_secrets), [SECRET]);
     }
 
     #[test]
     fn a_list_key_takes_values_separated_by_commas() {
         let settings = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", &format!("{SECRET}, {OLD_SECRET},"))]);
-        assert_eq!(settings.expect("loads").signing_secrets, [SECRET, OLD_SECRET]);
+        assert_eq!(texts(&settings.expect("loads").signing_secrets), [SECRET, OLD_SECRET]);
     }
 
     #[test]
@@ -769,9 +580,9 @@ mod tests {
         let quoted = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", &format!(r#"["{SECRET}","{OLD_SECRET}"]"#))]);
         let empty = load_with(&[("TICKET_INGEST_SIGNING_SECRETS", "[]")]);
 
-        assert_eq!(bare.expect("bare list loads").signing_secrets, [SECRET, OLD_SECRET]);
-        assert_eq!(quoted.expect("quoted list loads").signing_secrets, [SECRET, OLD_SECRET]);
-        assert_eq!(empty.expect("empty list loads").signing_secrets, Vec::<String>::new());
+        assert_eq!(texts(&bare.expect("bare list loads").signing_secrets), [SECRET, OLD_SECRET]);
+        assert_eq!(texts(&quoted.expect("quoted list loads").signing_secrets), [SECRET, OLD_SECRET]);
+        assert!(empty.expect("empty list loads").signing_secrets.is_empty());
     }
 
     #[test]
@@ -797,8 +608,8 @@ mod tests {
             ("TICKET_INGEST_DATABASE_URL", "postgres://own/db"),
         ]);
 
-        assert_eq!(fallback.database_url.as_deref(), Some("postgres://fallback/db"));
-        assert_eq!(both.expect("loads").database_url.as_deref(), Some("postgres://own/db"));
+        assert_eq!(fallback.database_url.as_ref().map(DatabaseUrl::as_str), Some("postgres://fallback/db"));
+        assert_eq!(both.expect("loads").database_url.as_ref().map(DatabaseUrl::as_str), Some("postgres://own/db"));
     }
 
     /// The project's scripts, tests and docs set only keys and
