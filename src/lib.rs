@@ -32,6 +32,7 @@ pub mod http;
 pub mod idempotency;
 pub mod job;
 pub mod key_lookup;
+pub mod listener;
 pub mod live;
 pub mod metrics;
 pub mod partition;

@@ -61,11 +61,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -74,6 +70,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Settings;
 use crate::http::HttpResponse;
+use crate::listener::{serve_until, ConnectionLimits};
 use crate::store;
 use auth::Tokens;
 
@@ -279,42 +276,17 @@ impl Console {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Console { listener, state } = self;
         tracing::info!(message = "review desk (console) listening", address = %listener.local_addr()?, tokens = ?state.tokens.names().collect::<Vec<_>>());
-        let connections = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new()).header_read_timeout(state.settings.header_read_timeout()).keep_alive(true);
-        tokio::pin!(shutdown);
-        loop {
-            let slot = tokio::select! {
-                slot = Arc::clone(&slots).acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => break,
-                },
-                () = &mut shutdown => break,
-            };
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let stream = match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(error) => {
-                            tracing::warn!(message = "console accept failed", %error);
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    };
-                    let state = Arc::clone(&state);
-                    let service = service_fn(move |request| route(Arc::clone(&state), request));
-                    let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(async move {
-                        if let Err(error) = connection.await {
-                            tracing::debug!(message = "console connection ended with an error", %error);
-                        }
-                        drop(slot);
-                    });
-                }
-                () = &mut shutdown => break,
-            }
-        }
+        let limits = ConnectionLimits {
+            header_read_timeout: state.settings.header_read_timeout(),
+            max_headers: None,
+            max_head_bytes: None,
+        };
+        let handler = {
+            let state = Arc::clone(&state);
+            move |_peer, request| route(Arc::clone(&state), request)
+        };
+        let connections = serve_until("console", &listener, slots, limits, handler, shutdown).await;
         drop(listener);
         if tokio::time::timeout(SHUTDOWN_GRACE, connections.shutdown()).await.is_err() {
             tracing::warn!(message = "console requests still running at shutdown are cut");
