@@ -8,7 +8,7 @@ use serde_json::Value;
 use ticket_ingest::config::AckMode;
 
 use crate::console::ALICE_SECRET;
-use crate::helpers::{fresh_database, free_port, temp_dir, ServiceProcess, SAMPLE_TICKET};
+use crate::helpers::{free_port, fresh_database, temp_dir, ServiceProcess, SAMPLE_TICKET};
 
 /// A directory removed when the test ends, also on panic.
 struct Scratch(PathBuf);
@@ -92,7 +92,7 @@ async fn what_is_logged_while_a_ticket_is_received_names_its_route_and_its_id() 
         &unreachable_database_url(),
         &wal_dir.0,
         AckMode::Wal,
-        &[("TICKET_INGEST_LOG_FORMAT", "json"), ("TICKET_INGEST_LOG_LEVEL", "info,ticket_ingest::http=debug")],
+        &[("TICKET_INGEST_LOG_FORMAT", "json"), ("TICKET_INGEST_LOG_LEVEL", "info,ticket_ingest::http::ingest=debug")],
     )
     .await;
 
