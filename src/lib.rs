@@ -10,6 +10,7 @@
 //! - [`startup`]   `Application::build` / `run_until_stopped`; shutdown order
 //! - [`signal`]    SIGINT and SIGTERM start the shutdown
 //! - [`http`]      hyper routes, limits, refusals → status codes
+//! - [`listener`]  the accept loop both listeners run: connection slots, hyper's limits, drain
 //! - [`signature`] Standard Webhooks signature check (`signing_secrets`)
 //! - [`ticket`]    `ParsedTicket::parse`: raw body → status, fields, lines, problems
 //! - [`idempotency`] recent `Idempotency-Key`s: a repeat waits for its first's answer
@@ -45,6 +46,7 @@ pub mod http;
 pub mod idempotency;
 pub mod job;
 pub mod key_lookup;
+pub mod listener;
 pub mod live;
 pub mod metrics;
 pub mod partition;

@@ -17,10 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use sqlx::postgres::PgPoolOptions;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -33,6 +29,7 @@ use crate::http::{self, AppState};
 use crate::idempotency::{Answer, RecentKeys, TicketOnItsWay};
 use crate::job::Job;
 use crate::key_lookup::KeyLookup;
+use crate::listener::{serve_until, ConnectionLimits};
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::partition;
@@ -249,51 +246,17 @@ impl Application {
         let replaying = tokio::spawn(replay(recovered, Arc::clone(&state.admission), state.queue.clone()));
         let expiring = AbortOnDrop(tokio::spawn(expire_idempotency_keys(Arc::clone(&state))));
         tracing::info!(message = "listening", address = %listener.local_addr()?, ack = ?state.settings.ack, writers = state.settings.writers);
-        let connections = GracefulShutdown::new();
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(state.settings.header_read_timeout())
-            .max_headers(state.settings.max_headers)
-            .max_buf_size(state.settings.max_head_bytes)
-            .keep_alive(true);
-
-        tokio::pin!(shutdown);
-        loop {
-            // At `max_connections` the loop waits here for a slot, and new
-            // connections wait in the kernel's backlog.
-            let slot = tokio::select! {
-                slot = Arc::clone(&state.connection_slots).acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => break,
-                },
-                () = &mut shutdown => break,
-            };
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let (stream, peer) = match accepted {
-                        Ok(connection) => connection,
-                        Err(error) => {
-                            // Out of file descriptors and the like: back off, keep serving.
-                            tracing::warn!(message = "accept failed", %error);
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let state = Arc::clone(&state);
-                    let peer = peer.ip();
-                    let service = service_fn(move |request| http::route(Arc::clone(&state), peer, request));
-                    let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(async move {
-                        if let Err(error) = connection.await {
-                            tracing::debug!(message = "connection ended with an error", %error);
-                        }
-                        drop(slot);
-                    });
-                }
-                () = &mut shutdown => break,
-            }
-        }
+        let limits = ConnectionLimits {
+            header_read_timeout: state.settings.header_read_timeout(),
+            max_headers: Some(state.settings.max_headers),
+            max_head_bytes: Some(state.settings.max_head_bytes),
+        };
+        let handler = {
+            let state = Arc::clone(&state);
+            move |peer, request| http::route(Arc::clone(&state), peer, request)
+        };
+        let slots = Arc::clone(&state.connection_slots);
+        let connections = serve_until("webhook", &listener, slots, limits, handler, shutdown).await;
 
         tracing::info!(message = "shutting down: no new tickets accepted", in_flight = state.admission.in_flight());
         drop(listener);

@@ -61,19 +61,17 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::config::Settings;
 use crate::http::HttpResponse;
+use crate::listener::{serve_until, ConnectionLimits};
 use crate::store;
 use auth::Tokens;
 
@@ -191,15 +189,24 @@ impl From<sqlx::Error> for ConsoleError {
                 ConsoleError::Conflict("a concurrent change conflicts with this one: retry".to_string())
             }
             (_, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)) => {
+                let unavailable = ConsoleError::Unavailable("database unavailable: try again".to_string());
+                answered_with(&unavailable);
                 tracing::warn!(message = "console query: database unavailable", %error);
-                ConsoleError::Unavailable("database unavailable: try again".to_string())
+                unavailable
             }
             _ => {
+                answered_with(&ConsoleError::Internal);
                 tracing::warn!(message = "console query failed", %error);
                 ConsoleError::Internal
             }
         }
     }
+}
+
+/// Records the status `error` is answered with on the request's span
+/// before the warning that says why, so that the warning carries it too.
+fn answered_with(error: &ConsoleError) {
+    tracing::Span::current().record("status", error.status().as_u16());
 }
 
 impl Console {
@@ -278,42 +285,17 @@ impl Console {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let Console { listener, state } = self;
         tracing::info!(message = "review desk (console) listening", address = %listener.local_addr()?, tokens = ?state.tokens.names().collect::<Vec<_>>());
-        let connections = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new()).header_read_timeout(state.settings.header_read_timeout()).keep_alive(true);
-        tokio::pin!(shutdown);
-        loop {
-            let slot = tokio::select! {
-                slot = Arc::clone(&slots).acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => break,
-                },
-                () = &mut shutdown => break,
-            };
-            tokio::select! {
-                accepted = listener.accept() => {
-                    let stream = match accepted {
-                        Ok((stream, _)) => stream,
-                        Err(error) => {
-                            tracing::warn!(message = "console accept failed", %error);
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        }
-                    };
-                    let state = Arc::clone(&state);
-                    let service = service_fn(move |request| route(Arc::clone(&state), request));
-                    let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
-                    tokio::spawn(async move {
-                        if let Err(error) = connection.await {
-                            tracing::debug!(message = "console connection ended with an error", %error);
-                        }
-                        drop(slot);
-                    });
-                }
-                () = &mut shutdown => break,
-            }
-        }
+        let limits = ConnectionLimits {
+            header_read_timeout: state.settings.header_read_timeout(),
+            max_headers: None,
+            max_head_bytes: None,
+        };
+        let handler = {
+            let state = Arc::clone(&state);
+            move |_peer, request| route(Arc::clone(&state), request)
+        };
+        let connections = serve_until("console", &listener, slots, limits, handler, shutdown).await;
         drop(listener);
         if tokio::time::timeout(SHUTDOWN_GRACE, connections.shutdown()).await.is_err() {
             tracing::warn!(message = "console requests still running at shutdown are cut");
@@ -325,14 +307,64 @@ impl Console {
 }
 
 /// Routes one console request; every answer gets the security headers.
+/// Inside an INFO span `request`, as the webhook's: `method`, `route` (the
+/// route's pattern, [`route_of`]), `status` once answered, and the ticket
+/// `id` when the path names one.
 pub async fn route(state: Arc<ConsoleState>, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
-    let mut response = answer(&state, request).await;
+    let (route, ticket) = route_of(request.uri().path());
+    let span = tracing::info_span!(
+        "request",
+        method = request.method().as_str(),
+        route,
+        status = tracing::field::Empty,
+        id = tracing::field::Empty,
+    );
+    if let Some(ticket) = ticket {
+        span.record("id", tracing::field::display(ticket));
+    }
+    let mut response = answer(&state, request).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
     let headers = response.headers_mut();
     headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// The pattern of the route `path` asks for (one of a few dozen names:
+/// ids become `{id}`, anything unknown is `other`), and the ticket id it
+/// names, if any.
+pub fn route_of(path: &str) -> (&'static str, Option<uuid::Uuid>) {
+    let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
+    let segments: [Option<&str>; 6] = std::array::from_fn(|_| segments.next());
+    let ticket = |id: &str| uuid::Uuid::try_parse(id).ok();
+    match segments {
+        [Some("healthz"), None, ..] => ("/healthz", None),
+        [Some("login"), None, ..] => ("/login", None),
+        [Some("api"), Some("v1"), rest @ ..] => match rest {
+            [Some("session"), None, ..] => ("/api/v1/session", None),
+            [Some("stats"), None, ..] => ("/api/v1/stats", None),
+            [Some("tickets"), None, ..] => ("/api/v1/tickets", None),
+            [Some("tickets"), Some(id), None, ..] => ("/api/v1/tickets/{id}", ticket(id)),
+            [Some("tickets"), Some(id), Some("raw"), None] => ("/api/v1/tickets/{id}/raw", ticket(id)),
+            [Some("tickets"), Some(id), Some("review"), None] => ("/api/v1/tickets/{id}/review", ticket(id)),
+            [Some("tickets"), Some(id), Some("reprocess"), None] => ("/api/v1/tickets/{id}/reprocess", ticket(id)),
+            [Some("tickets"), Some(id), Some("correction"), None] => ("/api/v1/tickets/{id}/correction", ticket(id)),
+            [Some("products"), None, ..] => ("/api/v1/products", None),
+            [Some("products"), Some(_), None, ..] => ("/api/v1/products/{id}", None),
+            _ => ("other", None),
+        },
+        [Some(""), None, ..] => ("/", None),
+        [Some("tickets"), None, ..] => ("/tickets", None),
+        [Some("tickets"), Some(id), None, ..] => ("/tickets/{id}", ticket(id)),
+        [Some("tickets"), Some(id), Some("review"), None, ..] => ("/tickets/{id}/review", ticket(id)),
+        [Some("tickets"), Some(id), Some("reprocess"), None, ..] => ("/tickets/{id}/reprocess", ticket(id)),
+        [Some("tickets"), Some(id), Some("correction"), None, ..] => ("/tickets/{id}/correction", ticket(id)),
+        [Some("products"), None, ..] => ("/products", None),
+        [Some("products"), Some(_), None, ..] => ("/products/{id}", None),
+        _ => ("other", None),
+    }
 }
 
 async fn answer(state: &ConsoleState, request: Request<Incoming>) -> HttpResponse {
@@ -514,6 +546,25 @@ fn percent_decoded(segment: &str) -> Result<String, ConsoleError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_route_is_named_by_its_pattern_with_the_ticket_it_names() {
+        let id = uuid::Uuid::now_v7();
+
+        assert_eq!(route_of("/"), ("/", None));
+        assert_eq!(route_of("/healthz"), ("/healthz", None));
+        assert_eq!(route_of(&format!("/tickets/{id}")), ("/tickets/{id}", Some(id)));
+        assert_eq!(route_of(&format!("/tickets/{id}/review")), ("/tickets/{id}/review", Some(id)));
+        assert_eq!(route_of("/tickets/not-an-id"), ("/tickets/{id}", None));
+        assert_eq!(route_of("/products/IZ8z"), ("/products/{id}", None));
+        assert_eq!(route_of("/api/v1/tickets"), ("/api/v1/tickets", None));
+        assert_eq!(route_of(&format!("/api/v1/tickets/{id}/raw")), ("/api/v1/tickets/{id}/raw", Some(id)));
+        assert_eq!(route_of("/api/v1/products/a%2Fb"), ("/api/v1/products/{id}", None));
+        assert_eq!(route_of("/api/v1/tickets/x/raw/more"), ("other", None));
+        assert_eq!(route_of("/api/v2/tickets"), ("other", None));
+        assert_eq!(route_of("/tickets/x/y/z/w/v/u"), ("other", None));
+        assert_eq!(route_of("/wp-admin.php"), ("other", None));
+    }
 
     #[test]
     fn html_special_characters_are_escaped() {

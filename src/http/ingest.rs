@@ -12,6 +12,7 @@ use hyper::header::HeaderMap;
 use hyper::{Request, StatusCode};
 use serde::Serialize;
 use time::OffsetDateTime;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::body::{only_chunked_transfer_coding, read_body};
@@ -144,15 +145,19 @@ async fn settle(
     permit: Permit,
 ) -> Result<(), Refused> {
     let state = Arc::clone(state);
-    let settling = tokio::spawn(async move {
-        let on_its_way = TicketOnItsWay::new();
-        let handed_over = hand_over(&state, ticket, permit, Some(on_its_way.clone())).await;
-        match &handed_over {
-            Ok(()) => claim.succeed(answer, &on_its_way),
-            Err(refused) => claim.fail(refused.clone()),
+    // In the request's span: what it logs names the request and its ticket.
+    let settling = tokio::spawn(
+        async move {
+            let on_its_way = TicketOnItsWay::new();
+            let handed_over = hand_over(&state, ticket, permit, Some(on_its_way.clone())).await;
+            match &handed_over {
+                Ok(()) => claim.succeed(answer, &on_its_way),
+                Err(refused) => claim.fail(refused.clone()),
+            }
+            handed_over
         }
-        handed_over
-    });
+        .in_current_span(),
+    );
     settling.await.unwrap_or(Err(Refused::ShuttingDown))
 }
 /// A repeated key is answered like its first request, once that one has

@@ -93,26 +93,83 @@ pub struct AppState {
     pub schema_ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Routes one request and records it in the metrics.
+/// Routes one request and records it in the metrics, inside an INFO span
+/// `request` with its `method`, `route` (the metrics' label: bounded),
+/// `status` once answered and, for a ticket, its `id`. A span prints
+/// nothing by itself: its fields go with the events logged inside it.
 pub async fn route(state: Arc<AppState>, peer: IpAddr, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
     let started = Instant::now();
-    let method = request.method().clone();
-    let (route, response) = match request.uri().path() {
-        "/ticket" if method == Method::POST => {
-            state.recent_refusals.posted();
-            let span = tracing::debug_span!("request", route = "/ticket", id = tracing::field::Empty);
-            ("/ticket", ingest::ingest(&state, peer, request).instrument(span).await)
-        }
-        "/ticket" => ("/ticket", method_not_allowed("POST")),
-        "/ping" if is_get(&method) => ("/ping", text(StatusCode::OK, "Pong")),
-        "/healthz" if is_get(&method) => ("/healthz", probes::health(&state)),
-        "/readyz" if is_get(&method) => ("/readyz", probes::readiness(&state).await),
-        "/metrics" if is_get(&method) => ("/metrics", probes::metrics_page(&state, request.headers())),
-        "/ping" | "/healthz" | "/readyz" | "/metrics" => ("other", method_not_allowed("GET, HEAD")),
-        _ => ("other", json_error(StatusCode::NOT_FOUND, "no such route")),
-    };
-    state.metrics.record_request(route, response.status().as_u16(), started.elapsed().as_secs_f64());
+    let route = Route::of(request.method(), request.uri().path());
+    let span = tracing::info_span!(
+        "request",
+        method = request.method().as_str(),
+        route = route.label(),
+        status = tracing::field::Empty,
+        id = tracing::field::Empty,
+    );
+    let response = answer(&state, route, peer, request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("status", status);
+    state.metrics.record_request(route.label(), status, started.elapsed().as_secs_f64());
     Ok(response)
+}
+
+/// What a request asks for, from its method and path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    PostTicket,
+    Ping,
+    Health,
+    Readiness,
+    Metrics,
+    /// `/ticket` with another method than `POST`.
+    TicketNotPosted,
+    /// A probe with another method than `GET` or `HEAD`.
+    ProbeNotGot,
+    NotFound,
+}
+
+impl Route {
+    fn of(method: &Method, path: &str) -> Route {
+        match path {
+            "/ticket" if method == Method::POST => Route::PostTicket,
+            "/ticket" => Route::TicketNotPosted,
+            "/ping" if is_get(method) => Route::Ping,
+            "/healthz" if is_get(method) => Route::Health,
+            "/readyz" if is_get(method) => Route::Readiness,
+            "/metrics" if is_get(method) => Route::Metrics,
+            "/ping" | "/healthz" | "/readyz" | "/metrics" => Route::ProbeNotGot,
+            _ => Route::NotFound,
+        }
+    }
+
+    /// The route in the metrics and the log: one of a handful of names.
+    fn label(self) -> &'static str {
+        match self {
+            Route::PostTicket | Route::TicketNotPosted => "/ticket",
+            Route::Ping => "/ping",
+            Route::Health => "/healthz",
+            Route::Readiness => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::ProbeNotGot | Route::NotFound => "other",
+        }
+    }
+}
+
+async fn answer(state: &Arc<AppState>, route: Route, peer: IpAddr, request: Request<Incoming>) -> HttpResponse {
+    match route {
+        Route::PostTicket => {
+            state.recent_refusals.posted();
+            ingest::ingest(state, peer, request).await
+        }
+        Route::Ping => text(StatusCode::OK, "Pong"),
+        Route::Health => probes::health(state),
+        Route::Readiness => probes::readiness(state).await,
+        Route::Metrics => probes::metrics_page(state, request.headers()),
+        Route::TicketNotPosted => method_not_allowed("POST"),
+        Route::ProbeNotGot => method_not_allowed("GET, HEAD"),
+        Route::NotFound => json_error(StatusCode::NOT_FOUND, "no such route"),
+    }
 }
 
 fn is_get(method: &Method) -> bool {
@@ -142,4 +199,22 @@ fn method_not_allowed(allow: &'static str) -> HttpResponse {
     let mut response = json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_path_is_labelled_with_one_of_a_handful_of_routes() {
+        let labelled = |method: Method, path: &str| Route::of(&method, path).label();
+
+        assert_eq!(labelled(Method::POST, "/ticket"), "/ticket");
+        assert_eq!(labelled(Method::GET, "/ticket"), "/ticket");
+        assert_eq!(labelled(Method::HEAD, "/readyz"), "/readyz");
+        assert_eq!(labelled(Method::GET, "/metrics"), "/metrics");
+        assert_eq!(labelled(Method::POST, "/healthz"), "other");
+        assert_eq!(labelled(Method::GET, "/ticket/0190a1b2-0000-7000-8000-000000000000"), "other");
+        assert_eq!(labelled(Method::GET, "/anything/else"), "other");
+    }
 }

@@ -26,3 +26,4 @@ mod shutdown;
 mod signatures;
 mod storage;
 mod store;
+mod telemetry;
